@@ -69,14 +69,15 @@ DETECTRON2_PROJECTS = {
 
 # Executed by site at interpreter start-up: loads d2_edwpose/compat.py under its own name
 # without importing the d2_edwpose package (which imports detectron2), then installs its hook.
+# Once per interpreter: site may process a venv's site-packages twice (lib64 -> lib symlink).
 STARTUP_HOOK_FILE = "d2_edwpose_detectron2_compat.pth"
 STARTUP_HOOK_LINE = (
     "import importlib.util as u, os, sys; "
-    "p = u.find_spec('d2_edwpose'); "
+    "p = 'd2_edwpose.compat' not in sys.modules and u.find_spec('d2_edwpose'); "
     "c = p and p.submodule_search_locations and u.spec_from_file_location("
     "'d2_edwpose.compat', os.path.join(list(p.submodule_search_locations)[0], 'compat.py')); "
     "m = c and u.module_from_spec(c); "
-    "c and (sys.modules.setdefault('d2_edwpose.compat', m), c.loader.exec_module(m), m.install())\n"
+    "c and (sys.modules.__setitem__('d2_edwpose.compat', m), c.loader.exec_module(m), m.install())\n"
 )
 
 

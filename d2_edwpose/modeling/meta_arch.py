@@ -1,0 +1,107 @@
+"""Keypoint R-CNN on a fixed input size (the paper resizes every image to 320x320)."""
+from typing import Dict, List, Tuple
+
+import torch
+import torch.nn.functional as F
+
+from detectron2.config import configurable
+from detectron2.modeling import META_ARCH_REGISTRY, GeneralizedRCNN
+from detectron2.structures import Boxes, Instances, Keypoints
+
+__all__ = ["FixedInputSizeRCNN", "resize_to_fixed_size"]
+
+# Instance fields that are not geometric and so survive a resize unchanged.
+_SIZE_INDEPENDENT_FIELDS = ("gt_classes",)
+
+
+def resize_to_fixed_size(image: torch.Tensor, size: Tuple[int, int]) -> torch.Tensor:
+    """Resize a (C, H, W) image to ``size`` = (height, width), as a float tensor.
+
+    Bilinear with antialiasing: close to PIL's bilinear resize that detectron2's ``T.Resize``
+    uses, and free of aliasing when large photos are shrunk to 320x320.
+    """
+    return F.interpolate(
+        image[None].float(), size=size, mode="bilinear", align_corners=False, antialias=True
+    )[0]
+
+
+def _scale_instances(instances: Instances, size: Tuple[int, int]) -> Instances:
+    """Ground truth of an image resized from ``instances.image_size`` to ``size``."""
+    scale_y = size[0] / instances.image_size[0]
+    scale_x = size[1] / instances.image_size[1]
+    scaled = Instances(size)
+    for name, value in instances.get_fields().items():
+        if name == "gt_boxes":
+            value = Boxes(value.tensor * value.tensor.new_tensor([scale_x, scale_y] * 2))
+        elif name == "gt_keypoints":
+            value = Keypoints(value.tensor * value.tensor.new_tensor([scale_x, scale_y, 1.0]))
+        elif name not in _SIZE_INDEPENDENT_FIELDS:
+            raise ValueError(
+                f"FixedInputSizeRCNN cannot resize ground-truth field '{name}'; "
+                f"it supports gt_boxes, gt_keypoints and {', '.join(_SIZE_INDEPENDENT_FIELDS)}."
+            )
+        scaled.set(name, value)
+    return scaled
+
+
+@META_ARCH_REGISTRY.register()
+class FixedInputSizeRCNN(GeneralizedRCNN):
+    """detectron2's GeneralizedRCNN, with every input image resized to ``INPUT.FIXED_SIZE``.
+
+    The resize is part of the model, so detectron2's own train/test loaders and its
+    ``DefaultPredictor`` (whose shortest-edge resize is disabled by ``INPUT.MIN_SIZE_* = 0``)
+    all apply exactly the same resize. Outputs come back in the coordinates of the image that
+    was passed in (or of its ``height``/``width`` entries, as in detectron2), and images that
+    already have the fixed size pass through untouched.
+    """
+
+    @configurable
+    def __init__(self, *, input_size: Tuple[int, int], **kwargs):
+        """
+        Args:
+            input_size: (height, width) every image is resized to.
+            kwargs: arguments of :class:`GeneralizedRCNN`.
+        """
+        super().__init__(**kwargs)
+        if len(input_size) != 2 or any(int(s) != s or s <= 0 for s in input_size):
+            raise ValueError(
+                f"INPUT.FIXED_SIZE={tuple(input_size)!r} must be two positive integers "
+                "(height, width)"
+            )
+        self.input_size = (int(input_size[0]), int(input_size[1]))
+
+    @classmethod
+    def from_config(cls, cfg):
+        args = super().from_config(cfg)
+        args["input_size"] = tuple(cfg.INPUT.FIXED_SIZE)
+        return args
+
+    def _resize_inputs(self, batched_inputs: List[Dict]) -> List[Dict]:
+        resized = []
+        for inputs in batched_inputs:
+            image = inputs["image"]
+            height, width = image.shape[-2:]
+            if (height, width) == self.input_size:
+                resized.append(inputs)
+                continue
+            inputs = dict(inputs)
+            inputs["image"] = resize_to_fixed_size(image.to(self.device), self.input_size)
+            # Results are mapped back to the size of the image given, unless told otherwise.
+            inputs.setdefault("height", height)
+            inputs.setdefault("width", width)
+            if "instances" in inputs:
+                inputs["instances"] = _scale_instances(inputs["instances"], self.input_size)
+            resized.append(inputs)
+        return resized
+
+    def forward(self, batched_inputs: List[Dict[str, torch.Tensor]]):
+        if not self.training:
+            return self.inference(batched_inputs)
+        return super().forward(self._resize_inputs(batched_inputs))
+
+    def inference(self, batched_inputs, detected_instances=None, do_postprocess: bool = True):
+        """As :meth:`GeneralizedRCNN.inference`; ``detected_instances`` must be given in
+        ``INPUT.FIXED_SIZE`` coordinates."""
+        return super().inference(
+            self._resize_inputs(batched_inputs), detected_instances, do_postprocess
+        )

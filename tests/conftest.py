@@ -1,0 +1,30 @@
+"""Shared pytest set-up: markers, paths and small config helpers."""
+import os
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+# CI clones the repository next to a `shared/` folder; a user's clone has none.
+COCO_MINI_ROOT = Path(
+    os.environ.get(
+        "D2_EDWPOSE_COCO_MINI", REPO_ROOT.parent / "shared" / "data" / "coco_val2017_mini"
+    )
+)
+
+
+def pytest_configure(config):
+    config.addinivalue_line(
+        "markers", "slow: end-to-end checks of several minutes, run by `make test-all`"
+    )
+
+
+@pytest.fixture(scope="session")
+def coco_mini_root():
+    if not (COCO_MINI_ROOT / "person_keypoints_val2017_mini.json").is_file():
+        pytest.skip(
+            f"real-data check: {COCO_MINI_ROOT} (4 COCO val2017 images, found beside the "
+            "repository in CI as ../shared/data/coco_val2017_mini) is absent; set "
+            "D2_EDWPOSE_COCO_MINI to such a folder to run it"
+        )
+    return COCO_MINI_ROOT

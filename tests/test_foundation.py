@@ -1,0 +1,114 @@
+"""The environment: detectron2 (Python-only or full build) imports and runs Keypoint R-CNN."""
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from detectron2 import model_zoo
+from detectron2.config import get_cfg
+from detectron2.data import DatasetCatalog, MetadataCatalog, build_detection_test_loader
+from detectron2.data.datasets import register_coco_instances
+from detectron2.data.datasets.builtin_meta import _get_builtin_metadata
+from detectron2.evaluation import COCOEvaluator
+from detectron2.modeling import build_model
+from detectron2.structures import Boxes, Instances
+
+from d2_edwpose import compat
+
+D2_MODULES = ["detectron2.modeling", "detectron2.layers", "detectron2.evaluation", "detectron2.engine"]
+
+
+@pytest.mark.parametrize("first", range(len(D2_MODULES)))
+def test_detectron2_imports_in_any_order_without_d2_edwpose(first):
+    order = D2_MODULES[first:] + D2_MODULES[:first]
+    if first % 2:
+        order = order[:1] + order[1:][::-1]
+    code = "import sys\n" + "".join(f"import {m}\n" for m in order) + (
+        "assert 'd2_edwpose' not in sys.modules, 'the check must not rely on d2_edwpose'\n"
+        "print('ok')\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0 and result.stdout.strip() == "ok", (order, result.stderr[-2000:])
+
+
+def test_stock_keypoint_rcnn_from_model_zoo_runs_inference_on_cpu():
+    cfg = get_cfg()
+    cfg.merge_from_file(model_zoo.get_config_file("COCO-Keypoints/keypoint_rcnn_R_50_FPN_1x.yaml"))
+    cfg.MODEL.DEVICE = "cpu"
+    cfg.MODEL.WEIGHTS = ""
+    torch.manual_seed(0)
+    model = build_model(cfg).eval()
+    height, width = 160, 224
+    image = torch.randint(0, 256, (3, height, width), dtype=torch.uint8)
+    with torch.no_grad():
+        (output,) = model([{"image": image, "height": 2 * height, "width": 2 * width}])
+    instances = output["instances"]
+    assert instances.image_size == (2 * height, 2 * width)
+    assert instances.pred_keypoints.shape == (len(instances), 17, 3)
+    assert instances.pred_boxes.tensor.shape == (len(instances), 4)
+
+
+@pytest.mark.skipif(compat.has_compiled_ops(), reason="detectron2 has its compiled ops")
+def test_compiled_only_ops_raise_a_clear_error():
+    from detectron2.layers import ROIAlignRotated, nms_rotated
+    from detectron2.structures import RotatedBoxes, pairwise_iou_rotated
+
+    boxes = torch.tensor([[10.0, 10.0, 8.0, 4.0, 30.0], [11.0, 10.0, 8.0, 4.0, 0.0]])
+    calls = {
+        "ROIAlignRotated": lambda: ROIAlignRotated((2, 2), 1.0, 0)(
+            torch.zeros(1, 1, 16, 16), torch.cat([torch.zeros(2, 1), boxes], dim=1)
+        ),
+        "nms_rotated": lambda: nms_rotated(boxes, torch.tensor([0.9, 0.8]), 0.5),
+        "pairwise_iou_rotated": lambda: pairwise_iou_rotated(RotatedBoxes(boxes), RotatedBoxes(boxes)),
+    }
+    for op_name, call in calls.items():
+        with pytest.raises(compat.CompiledOpUnavailable) as error:
+            call()
+        assert op_name in str(error.value)
+        assert "build detectron2 from source" in str(error.value)
+
+
+def _ground_truth_as_predictions(dataset_dict, annotations):
+    people = [a for a in annotations if np.count_nonzero(np.asarray(a["keypoints"])[2::3]) > 0]
+    instances = Instances((dataset_dict["height"], dataset_dict["width"]))
+    boxes = [[x, y, x + w, y + h] for x, y, w, h in (a["bbox"] for a in people)]
+    instances.pred_boxes = Boxes(torch.tensor(boxes, dtype=torch.float32).reshape(-1, 4))
+    instances.scores = torch.ones(len(people))
+    instances.pred_classes = torch.zeros(len(people), dtype=torch.int64)
+    instances.pred_keypoints = torch.tensor(
+        [a["keypoints"] for a in people], dtype=torch.float32
+    ).reshape(-1, 17, 3)
+    return instances, len(annotations) - len(people)
+
+
+def test_coco_evaluator_scores_ground_truth_on_real_coco_file(coco_mini_root, tmp_path):
+    name = "d2_edwpose_test_coco_val2017_mini"
+    if name not in DatasetCatalog.list():
+        register_coco_instances(
+            name,
+            _get_builtin_metadata("coco_person"),
+            str(coco_mini_root / "person_keypoints_val2017_mini.json"),
+            str(coco_mini_root / "val2017"),
+        )
+    annotations = {d["image_id"]: d["annotations"] for d in DatasetCatalog.get(name)}
+    cfg = get_cfg()
+    cfg.DATALOADER.NUM_WORKERS = 0
+    loader = build_detection_test_loader(cfg, name)
+    evaluator = COCOEvaluator(name, tasks=("keypoints",), distributed=False, output_dir=str(tmp_path))
+    evaluator.reset()
+    people_without_keypoints = 0
+    for inputs in loader:
+        outputs = []
+        for dataset_dict in inputs:
+            instances, skipped = _ground_truth_as_predictions(
+                dataset_dict, annotations[dataset_dict["image_id"]]
+            )
+            people_without_keypoints += skipped
+            outputs.append({"instances": instances})
+        evaluator.process(inputs, outputs)
+    results = evaluator.evaluate()
+    assert people_without_keypoints == 2  # kept in the file, as real COCO has them
+    assert MetadataCatalog.get(name).evaluator_type == "coco"
+    assert results["keypoints"]["AP"] >= 99.0, results["keypoints"]

@@ -1,0 +1,52 @@
+#!/usr/bin/env python
+"""Train or evaluate d2_edwpose models (Keypoint R-CNN + MobileNetV3-FPN + (E)DWConv head).
+
+    python train_net.py --config-file configs/keypoint_rcnn_mv3_fpn_320_edw.yaml --num-gpus 8
+    python train_net.py --config-file configs/keypoint_rcnn_mv3_fpn_320_edw.yaml \
+        --eval-only MODEL.WEIGHTS output/model_final.pth
+
+Same command line as detectron2's tools/train_net.py (--resume, --num-machines,
+--machine-rank, --dist-url, trailing KEY VALUE config overrides).
+"""
+from detectron2.checkpoint import DetectionCheckpointer
+from detectron2.config import get_cfg
+from detectron2.engine import default_argument_parser, default_setup, launch
+
+from d2_edwpose import add_edwpose_config
+from d2_edwpose.engine import Trainer
+
+
+def setup(args):
+    cfg = get_cfg()
+    add_edwpose_config(cfg)
+    cfg.merge_from_file(args.config_file)
+    cfg.merge_from_list(args.opts)
+    cfg.freeze()
+    default_setup(cfg, args)
+    return cfg
+
+
+def main(args):
+    cfg = setup(args)
+    if args.eval_only:
+        model = Trainer.build_model(cfg)
+        DetectionCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(
+            cfg.MODEL.WEIGHTS, resume=args.resume
+        )
+        return Trainer.test(cfg, model)
+    trainer = Trainer(cfg)
+    trainer.resume_or_load(resume=args.resume)
+    return trainer.train()
+
+
+if __name__ == "__main__":
+    args = default_argument_parser().parse_args()
+    print("Command Line Args:", args)
+    launch(
+        main,
+        args.num_gpus,
+        num_machines=args.num_machines,
+        machine_rank=args.machine_rank,
+        dist_url=args.dist_url,
+        args=(args,),
+    )

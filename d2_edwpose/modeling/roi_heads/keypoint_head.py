@@ -1,0 +1,92 @@
+"""The keypoint head of the paper: detectron2's stock head with a choice of convolution."""
+from functools import partial
+
+from torch import nn
+
+from detectron2.config import configurable
+from detectron2.layers import Conv2d, ConvTranspose2d
+from detectron2.modeling.roi_heads.keypoint_head import (
+    ROI_KEYPOINT_HEAD_REGISTRY,
+    KRCNNConvDeconvUpsampleHead,
+)
+
+from ...layers import DWConv, EDWConv, is_valid_expand_factor, xavier_fill
+
+__all__ = ["KRCNNSeparableConvDeconvUpsampleHead"]
+
+
+@ROI_KEYPOINT_HEAD_REGISTRY.register()
+class KRCNNSeparableConvDeconvUpsampleHead(KRCNNConvDeconvUpsampleHead):
+    """
+    The "Key-points Estimation Network" of the paper (Sec. III-B): detectron2's
+    :class:`KRCNNConvDeconvUpsampleHead` (3x3 convs + ReLU, a 4x4 stride-2 transposed conv to
+    the keypoint heatmaps, then bilinear x2 upsampling) whose 3x3 convs are, by ``conv_type``:
+
+    * ``"vanilla"``: detectron2's :class:`Conv2d`, as in the stock head (same modules, names and
+      parameters, so checkpoints are interchangeable);
+    * ``"dw"``: :class:`DWConv`, a depthwise separable conv;
+    * ``"edw"``: :class:`EDWConv` with ``expand_factor`` depthwise filters per input channel.
+
+    Unlike the stock head (MSRA init), every weight is initialized by Xavier's initializer and
+    every bias to 0, as in the paper (Sec. IV-A); "vanilla" is thus the paper's baseline, not
+    detectron2's. Losses and inference are the stock ones (:class:`BaseKeypointRCNNHead`).
+    """
+
+    @configurable
+    def __init__(
+        self, input_shape, *, num_keypoints, conv_dims, conv_type, expand_factor, **kwargs
+    ):
+        """
+        Args:
+            input_shape, num_keypoints, conv_dims, kwargs: as in
+                :class:`KRCNNConvDeconvUpsampleHead`.
+            conv_type (str): "vanilla", "dw" or "edw" (``MODEL.ROI_KEYPOINT_HEAD.CONV_TYPE``).
+            expand_factor (int >= 1): e of "edw" (``MODEL.ROI_KEYPOINT_HEAD.EXPAND_FACTOR``);
+                "vanilla" and "dw" ignore it, but it is checked whatever the type, so that a
+                bad config fails at once rather than when the type is switched to "edw".
+        """
+        conv_classes = {
+            "vanilla": Conv2d,
+            "dw": DWConv,
+            "edw": partial(EDWConv, expand_factor=expand_factor),
+        }
+        if conv_type not in conv_classes:
+            raise ValueError(
+                "MODEL.ROI_KEYPOINT_HEAD.CONV_TYPE (conv_type) must be one of "
+                f"{', '.join(map(repr, conv_classes))}; got {conv_type!r}"
+            )
+        if not is_valid_expand_factor(expand_factor):
+            raise ValueError(
+                "MODEL.ROI_KEYPOINT_HEAD.EXPAND_FACTOR (expand_factor) must be an integer >= 1; "
+                f"got {expand_factor!r}"
+            )
+        conv_class = conv_classes[conv_type]
+
+        # KRCNNConvDeconvUpsampleHead.__init__ hard-codes vanilla convs and MSRA init, so it is
+        # skipped (letting it build convs to replace them would allocate and initialize ~18M
+        # parameters for nothing with the stock CONV_DIMS) and its modules are built here under
+        # the same names and in the same order: its layers() runs them in registration order.
+        super(KRCNNConvDeconvUpsampleHead, self).__init__(num_keypoints=num_keypoints, **kwargs)
+        in_channels = input_shape.channels
+        for idx, layer_channels in enumerate(conv_dims, 1):
+            conv = conv_class(in_channels, layer_channels, 3, stride=1, padding=1)
+            self.add_module(f"conv_fcn{idx}", conv)
+            self.add_module(f"conv_fcn_relu{idx}", nn.ReLU())
+            in_channels = layer_channels
+
+        deconv_kernel = 4
+        self.score_lowres = ConvTranspose2d(
+            in_channels, num_keypoints, deconv_kernel, stride=2, padding=deconv_kernel // 2 - 1
+        )
+        self.up_scale = 2.0
+
+        for module in self.modules():
+            if isinstance(module, (nn.Conv2d, nn.ConvTranspose2d)):
+                xavier_fill(module)
+
+    @classmethod
+    def from_config(cls, cfg, input_shape):
+        ret = super().from_config(cfg, input_shape)
+        ret["conv_type"] = cfg.MODEL.ROI_KEYPOINT_HEAD.CONV_TYPE
+        ret["expand_factor"] = cfg.MODEL.ROI_KEYPOINT_HEAD.EXPAND_FACTOR
+        return ret

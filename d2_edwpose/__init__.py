@@ -1,11 +1,15 @@
 """Realtime multi-person pose estimation for detectron2 (Keypoint R-CNN, MobileNetV3, EDWConv).
 
-``import d2_edwpose`` registers the project's components into detectron2's registries.
+``import d2_edwpose`` registers the project's backbone, keypoint head, meta-architecture and
+synthetic datasets into detectron2's registries and catalogs.
 """
 from . import compat
 
+# Usually already installed at interpreter start-up by the set-up's .pth hook; this covers
+# environments set up without it. Must precede every detectron2 import.
 compat.install()
 
+from . import data, modeling  # noqa: E402,F401  (registration)
 from .config import add_edwpose_config  # noqa: E402
 
 __all__ = ["add_edwpose_config"]

@@ -7,13 +7,17 @@ concerns, and only when the library needs it: with a full detectron2 build (comp
 =========================  ==========================================  =========================
 shim                       needed by                                   effect
 =========================  ==========================================  =========================
-``detectron2._C`` stand-in  a Python-only build (no compiled ops),     imports succeed; calling a
+``_C`` stand-in            a Python-only build (no compiled ops),      imports succeed; calling a
                            e.g. detectron2 0.6 built from the          compiled-only op raises
                            ``pb1-detectron2`` sdist                    :class:`CompiledOpUnavailable`
 rotated NMS                same; 0.6 calls ``torch.ops.detectron2``    same clear error
 official COCO evaluation   same; the fast evaluator is compiled code   pycocotools' ``COCOeval``
 ``PIL.Image.LINEAR``       detectron2 0.6 with Pillow >= 10            alias of ``BILINEAR``
                            (the alias was removed in Pillow 10.0)      restored
+Caffe2 export API          detectron2 0.6 with torch >= 2.0 (no        ``import detectron2.export``
+                           caffe2): ``detectron2/export/api.py``       works; the Caffe2 entry
+                           imports caffe2                              points raise
+                                                                       :class:`Caffe2Unavailable`
 =========================  ==========================================  =========================
 
 The hook must be active before detectron2 is first imported, in any order of imports. The
@@ -28,7 +32,7 @@ import importlib.util
 import sys
 import types
 
-__all__ = ["CompiledOpUnavailable", "install", "has_compiled_ops"]
+__all__ = ["Caffe2Unavailable", "CompiledOpUnavailable", "install", "has_compiled_ops"]
 
 BUILD_FROM_SOURCE_HINT = (
     "This detectron2 is a Python-only build without its compiled extension detectron2._C. "
@@ -118,19 +122,72 @@ def _patch_coco_evaluation(module):
     module.COCOEvaluator.__init__.__kwdefaults__["use_fast_impl"] = False
 
 
-# module name -> (run before executing it, run after executing it, only without _C)
+class Caffe2Unavailable(RuntimeError):
+    """A Caffe2 export API of detectron2 was used with a PyTorch that has no caffe2."""
+
+
+def _caffe2_export_stand_in(module):
+    # detectron2 0.6's detectron2/export/api.py imports caffe2 at the top, which PyTorch stopped
+    # shipping (2.0), so `import detectron2.export` -- and with it TracingAdapter and
+    # detectron2.utils.analysis -- fails. Only its Caffe2 entry points need caffe2.
+    def unavailable(name):
+        def raise_unavailable(*args, **kwargs):
+            raise Caffe2Unavailable(
+                f"detectron2.export.{name} exports to Caffe2, which this PyTorch does not ship. "
+                "Use detectron2.export.TracingAdapter with torch.onnx.export or torch.jit.trace."
+            )
+
+        raise_unavailable.__name__ = name
+        return raise_unavailable
+
+    module.__all__ = [
+        "add_export_config",
+        "export_caffe2_model",
+        "Caffe2Model",
+        "export_onnx_model",
+        "Caffe2Tracer",
+    ]
+    for name in module.__all__:
+        setattr(module, name, unavailable(name))
+
+
+def _without_caffe2():
+    return importlib.util.find_spec("caffe2") is None
+
+
+class _Shim:
+    """What to do when detectron2 imports one module, and when it is needed at all.
+
+    ``before()`` runs before the module executes, ``after(module)`` after it; a
+    ``stand_in(module)`` fills an empty module instead of executing the library's code.
+    """
+
+    def __init__(self, needed, before=None, after=None, stand_in=None):
+        self.needed = needed
+        self.before = before
+        self.after = after
+        self.stand_in = stand_in
+
+
+def _always():
+    return True
+
+
+# Keyed by the module of detectron2 0.6 that needs the shim. ``_PYTHON_ONLY`` is resolved by
+# the finder (no compiled detectron2._C next to the imported detectron2 package).
+_PYTHON_ONLY = object()
 _SHIMS = {
-    "detectron2.data.transforms.transform": (_restore_pil_linear, None, False),
-    "detectron2.layers.nms": (None, _patch_rotated_nms, True),
-    "detectron2.evaluation.coco_evaluation": (None, _patch_coco_evaluation, True),
+    "detectron2.data.transforms.transform": _Shim(_always, before=_restore_pil_linear),
+    "detectron2.layers.nms": _Shim(_PYTHON_ONLY, after=_patch_rotated_nms),
+    "detectron2.evaluation.coco_evaluation": _Shim(_PYTHON_ONLY, after=_patch_coco_evaluation),
+    "detectron2.export.api": _Shim(_without_caffe2, stand_in=_caffe2_export_stand_in),
 }
 
 
 class _ShimLoader(importlib.abc.Loader):
-    def __init__(self, loader, before, after):
+    def __init__(self, loader, shim):
         self._loader = loader
-        self._before = before
-        self._after = after
+        self._shim = shim
 
     def __getattr__(self, name):
         # get_source, get_filename, ... keep working for inspect, linecache and TorchScript.
@@ -140,11 +197,14 @@ class _ShimLoader(importlib.abc.Loader):
         return self._loader.create_module(spec)
 
     def exec_module(self, module):
-        if self._before is not None:
-            self._before()
+        if self._shim.stand_in is not None:
+            self._shim.stand_in(module)
+            return
+        if self._shim.before is not None:
+            self._shim.before()
         self._loader.exec_module(module)
-        if self._after is not None:
-            self._after(module)
+        if self._shim.after is not None:
+            self._shim.after(module)
 
 
 class _PythonOnlyExtensionLoader(importlib.abc.Loader):
@@ -179,13 +239,13 @@ class _Detectron2CompatFinder(importlib.abc.MetaPathFinder):
         shim = _SHIMS.get(fullname)
         if shim is None:
             return None
-        before, after, only_python_only = shim
-        if only_python_only and not self._is_python_only():
+        needed = self._is_python_only() if shim.needed is _PYTHON_ONLY else shim.needed()
+        if not needed:
             return None
         spec = importlib.machinery.PathFinder.find_spec(fullname, path)
         if spec is None or spec.loader is None:
             return None
-        spec.loader = _ShimLoader(spec.loader, before, after)
+        spec.loader = _ShimLoader(spec.loader, shim)
         return spec
 
 

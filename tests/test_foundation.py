@@ -112,3 +112,22 @@ def test_coco_evaluator_scores_ground_truth_on_real_coco_file(coco_mini_root, tm
     assert people_without_keypoints == 2  # kept in the file, as real COCO has them
     assert MetadataCatalog.get(name).evaluator_type == "coco"
     assert results["keypoints"]["AP"] >= 99.0, results["keypoints"]
+
+
+def test_detectron2_export_imports_and_caffe2_entry_points_say_why_they_fail():
+    code = (
+        "from detectron2.export import TracingAdapter\n"
+        "from detectron2.utils.analysis import FlopCountAnalysis\n"
+        "import importlib.util\n"
+        "if importlib.util.find_spec('caffe2') is None:\n"
+        "    from detectron2.export import Caffe2Tracer\n"
+        "    try:\n"
+        "        Caffe2Tracer(None, None, None)\n"
+        "    except RuntimeError as e:\n"
+        "        print(e)\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-2000:]
+    if result.stdout:
+        assert "Caffe2Tracer exports to Caffe2" in result.stdout
+        assert "TracingAdapter" in result.stdout

@@ -3,6 +3,8 @@ import os
 
 from detectron2.data import MetadataCatalog
 
+from .synthetic import GENERATE_COMMAND
+
 __all__ = ["verify_dataset_files"]
 
 _HOW_TO_GET = {
@@ -12,7 +14,7 @@ _HOW_TO_GET = {
         "detectron2 looks under $DETECTRON2_DATASETS (default: ./datasets)."
     ),
     "synthetic_keypoints_": (
-        "Generate it with `python -m d2_edwpose.data.synthetic` (see its --help), or set "
+        f"Generate it with `{GENERATE_COMMAND}` (see its --help), or set "
         "D2_EDWPOSE_SYNTHETIC_ROOT to where it was generated."
     ),
 }

@@ -1,0 +1,141 @@
+"""Run a trained model on your own images, folders of images or videos, and draw the poses.
+
+    python -m d2_edwpose.tools.demo --config-file configs/keypoint_rcnn_mv3_fpn_320_edw.yaml \
+        --input photo.jpg photos/ clip.mp4 --output output/demo MODEL.WEIGHTS model_final.pth
+
+Images are written to ``--output`` under their own names, videos as ``<name>.mp4``; for a
+video the frames per second of the model (detectron2's ``DefaultPredictor``, pre- and
+post-processing included) are printed.
+"""
+import argparse
+import logging
+import time
+from pathlib import Path
+
+import cv2
+
+from detectron2.config import get_cfg
+from detectron2.data import MetadataCatalog
+from detectron2.data.datasets.builtin_meta import _get_builtin_metadata
+from detectron2.engine import DefaultPredictor
+from detectron2.utils.logger import setup_logger
+from detectron2.utils.video_visualizer import VideoVisualizer
+from detectron2.utils.visualizer import ColorMode, Visualizer
+
+from d2_edwpose import add_edwpose_config
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"}
+VIDEO_SUFFIXES = {".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v"}
+logger = logging.getLogger("d2_edwpose.demo")
+
+
+def setup_cfg(config_file, opts, confidence_threshold):
+    cfg = get_cfg()
+    add_edwpose_config(cfg)
+    cfg.merge_from_file(config_file)
+    cfg.merge_from_list(opts)
+    cfg.MODEL.ROI_HEADS.SCORE_THRESH_TEST = confidence_threshold
+    cfg.freeze()
+    return cfg
+
+
+def keypoint_metadata(cfg):
+    """Metadata with COCO's keypoint names and skeleton, for drawing."""
+    if cfg.DATASETS.TEST:
+        metadata = MetadataCatalog.get(cfg.DATASETS.TEST[0])
+        if metadata.get("keypoint_connection_rules"):
+            return metadata
+    return MetadataCatalog.get("__d2_edwpose_demo").set(**_get_builtin_metadata("coco_person"))
+
+
+def collect_inputs(inputs):
+    """(images, videos) named by ``inputs``: files, or folders of images (sorted)."""
+    images, videos = [], []
+    for name in inputs:
+        path = Path(name)
+        if path.is_dir():
+            images.extend(sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES))
+        elif not path.is_file():
+            raise FileNotFoundError(f"--input {name}: no such file or folder")
+        elif path.suffix.lower() in VIDEO_SUFFIXES:
+            videos.append(path)
+        elif path.suffix.lower() in IMAGE_SUFFIXES:
+            images.append(path)
+        else:
+            raise ValueError(
+                f"--input {name}: unknown file type '{path.suffix}'; expected an image "
+                f"({', '.join(sorted(IMAGE_SUFFIXES))}) or a video ({', '.join(sorted(VIDEO_SUFFIXES))})"
+            )
+    return images, videos
+
+
+def run_on_image(predictor, metadata, path, output_dir):
+    image = cv2.imread(str(path))  # BGR, as DefaultPredictor expects by default
+    if image is None:
+        raise ValueError(f"{path}: not a readable image file")
+    start = time.perf_counter()
+    instances = predictor(image)["instances"].to("cpu")
+    elapsed = time.perf_counter() - start
+    visualizer = Visualizer(image[:, :, ::-1], metadata, instance_mode=ColorMode.IMAGE)
+    drawn = visualizer.draw_instance_predictions(instances).get_image()[:, :, ::-1]
+    output = output_dir / path.name
+    cv2.imwrite(str(output), drawn)
+    logger.info(f"{path}: {len(instances)} people in {elapsed * 1000:.0f} ms -> {output}")
+    return output
+
+
+def run_on_video(predictor, metadata, path, output_dir):
+    video = cv2.VideoCapture(str(path))
+    if not video.isOpened():
+        raise ValueError(f"{path}: OpenCV cannot open this video")
+    fps = video.get(cv2.CAP_PROP_FPS) or 30.0
+    width = int(video.get(cv2.CAP_PROP_FRAME_WIDTH))
+    height = int(video.get(cv2.CAP_PROP_FRAME_HEIGHT))
+    output = output_dir / f"{path.stem}.mp4"
+    writer = cv2.VideoWriter(str(output), cv2.VideoWriter_fourcc(*"mp4v"), fps, (width, height))
+    visualizer = VideoVisualizer(metadata, ColorMode.IMAGE)
+    frames, model_time = 0, 0.0
+    try:
+        while True:
+            ok, frame = video.read()
+            if not ok:
+                break
+            start = time.perf_counter()
+            instances = predictor(frame)["instances"].to("cpu")
+            model_time += time.perf_counter() - start
+            drawn = visualizer.draw_instance_predictions(frame[:, :, ::-1], instances)
+            writer.write(drawn.get_image()[:, :, ::-1])
+            frames += 1
+    finally:
+        video.release()
+        writer.release()
+    if frames == 0:
+        raise ValueError(f"{path}: no frame could be read")
+    model_fps = frames / model_time
+    print(f"{path}: {frames} frames, {model_fps:.1f} FPS (model incl. pre/post-processing) -> {output}")
+    return output, model_fps
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config-file", required=True, metavar="FILE")
+    parser.add_argument("--input", nargs="+", required=True, help="images, folders of images, videos")
+    parser.add_argument("--output", default="output/demo", help="folder for the drawn outputs")
+    parser.add_argument("--confidence-threshold", type=float, default=0.5)
+    parser.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides: KEY VALUE ...")
+    args = parser.parse_args(argv)
+    setup_logger(name="d2_edwpose")
+
+    images, videos = collect_inputs(args.input)
+    cfg = setup_cfg(args.config_file, args.opts, args.confidence_threshold)
+    predictor = DefaultPredictor(cfg)
+    metadata = keypoint_metadata(cfg)
+    output_dir = Path(args.output)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    written = [run_on_image(predictor, metadata, path, output_dir) for path in images]
+    written += [run_on_video(predictor, metadata, path, output_dir)[0] for path in videos]
+    return written
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,67 @@
+"""The inference demo on a user's images, folders and videos."""
+import re
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from d2_edwpose.data.synthetic import generate_synthetic_keypoints
+from d2_edwpose.tools import demo
+
+from conftest import REPO_ROOT
+
+CONFIG = str(REPO_ROOT / "configs" / "cpu_demo_keypoint_rcnn_mv3_fpn_320_edw.yaml")
+# An untrained model still draws whatever it detects; a low threshold makes it draw something.
+OPTS = ["--confidence-threshold", "0.0", "MODEL.WEIGHTS", ""]
+
+
+@pytest.fixture(scope="module")
+def images(tmp_path_factory):
+    root = generate_synthetic_keypoints(tmp_path_factory.mktemp("synthetic"), 0, 2, seed=5)
+    return sorted(Path(root, "val").glob("*.jpg"))
+
+
+def test_images_and_folders_are_drawn_at_their_size(images, tmp_path):
+    out = tmp_path / "out"
+    written = demo.main(
+        ["--config-file", CONFIG, "--input", str(images[0]), str(images[0].parent), "--output", str(out), *OPTS]
+    )
+    assert [p.name for p in written] == [images[0].name] + [p.name for p in images]
+    for source in images:
+        drawn = cv2.imread(str(out / source.name))
+        original = cv2.imread(str(source))
+        assert drawn.shape == original.shape
+        assert not np.array_equal(drawn, original)  # detections were drawn on it
+
+
+def test_video_frames_are_all_written_and_fps_reported(images, tmp_path, capsys):
+    first = cv2.imread(str(images[0]))
+    height, width = (s // 2 * 2 for s in first.shape[:2])  # MPEG-4 frames have even sizes
+    video = tmp_path / "clip.avi"
+    writer = cv2.VideoWriter(str(video), cv2.VideoWriter_fourcc(*"MJPG"), 5, (width, height))
+    for path in images + images:
+        writer.write(cv2.resize(cv2.imread(str(path)), (width, height)))
+    writer.release()
+
+    (written,) = demo.main(["--config-file", CONFIG, "--input", str(video), "--output", str(tmp_path / "out"), *OPTS])
+    assert written.name == "clip.mp4"
+    capture = cv2.VideoCapture(str(written))
+    assert int(capture.get(cv2.CAP_PROP_FRAME_COUNT)) == 2 * len(images)
+    assert (int(capture.get(cv2.CAP_PROP_FRAME_WIDTH)), int(capture.get(cv2.CAP_PROP_FRAME_HEIGHT))) == (width, height)
+    capture.release()
+    printed = capsys.readouterr().out
+    assert re.search(rf"clip.avi: {2 * len(images)} frames, [0-9.]+ FPS", printed), printed
+
+
+def test_bad_inputs_are_named(tmp_path):
+    with pytest.raises(FileNotFoundError, match="nothing.jpg"):
+        demo.collect_inputs([str(tmp_path / "nothing.jpg")])
+    notes = tmp_path / "notes.txt"
+    notes.write_text("not an image")
+    with pytest.raises(ValueError, match="unknown file type '.txt'"):
+        demo.collect_inputs([str(notes)])
+    fake = tmp_path / "broken.jpg"
+    fake.write_bytes(b"not a jpeg")
+    with pytest.raises(ValueError, match="broken.jpg: not a readable image"):
+        demo.run_on_image(None, None, fake, tmp_path)

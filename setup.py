@@ -21,6 +21,6 @@ setup(
         "pycocotools>=2.0.2",
         "opencv-python",
         "matplotlib",
-        "setuptools<81",
+        "setuptools>=64,<81",
     ],
 )

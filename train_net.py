@@ -8,12 +8,14 @@
 Same command line as detectron2's tools/train_net.py (--resume, --num-machines,
 --machine-rank, --dist-url, trailing KEY VALUE config overrides).
 """
+# d2_edwpose first: it installs its detectron2 compatibility hook (d2_edwpose/compat.py) in
+# environments set up without the start-up .pth file.
+from d2_edwpose import add_edwpose_config  # isort: skip
+from d2_edwpose.engine import Trainer  # isort: skip
+
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.config import get_cfg
 from detectron2.engine import default_argument_parser, default_setup, launch
-
-from d2_edwpose import add_edwpose_config
-from d2_edwpose.engine import Trainer
 
 
 def setup(args):

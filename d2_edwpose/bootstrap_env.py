@@ -57,7 +57,8 @@ DETECTRON2_RUNTIME_REQUIREMENTS = [
     "hydra-core>=1.1",
 ]
 # detectron2 0.6 imports pkg_resources, which setuptools 81 removed.
-PROJECT_REQUIREMENTS = ["setuptools<81", "opencv-python", "pytest"]
+# (>= 64: recursive globs in package_data and PEP 660 editable installs.)
+PROJECT_REQUIREMENTS = ["setuptools>=64,<81", "opencv-python", "pytest"]
 # pip 26 refuses to even download a PyPI sdist whose metadata has a direct-URL dependency, and
 # pb1-detectron2 declares one in an extra (panopticapi); an older pip only fetches the file.
 SDIST_DOWNLOAD_PIP = "pip>=23,<26"
@@ -116,6 +117,14 @@ def ensure_torch():
     if found and version_tuple(found) >= MIN_TORCH:
         log(f"using installed torch {found}")
         return
+    torch_only = probe("import torch; print(torch.__version__)")
+    if torch_only:
+        # Never replace a user's (e.g. CUDA) torch behind their back.
+        raise SystemExit(
+            f"torch {torch_only} is installed but torchvision does not import, or torch is older "
+            f"than {'.'.join(map(str, MIN_TORCH))}: install the torchvision that matches your torch "
+            "(https://pytorch.org/get-started/locally/) and run the set-up again."
+        )
     log(f"installing {' '.join(TORCH_REQUIREMENTS)}")
     pip("install", *TORCH_REQUIREMENTS)
 
@@ -170,7 +179,12 @@ def python_only_setup_py():
 
 def build_python_only_detectron2(sdist, build_dir):
     with tarfile.open(sdist) as archive:
-        archive.extractall(build_dir, filter="data")
+        # The "data" filter (no absolute paths, links out of the tree, ...) exists from Python
+        # 3.12 and in security releases of 3.9-3.11; the sdist's sha256 is checked before.
+        if hasattr(tarfile, "data_filter"):
+            archive.extractall(build_dir, filter="data")
+        else:
+            archive.extractall(build_dir)
     (source,) = [p for p in build_dir.iterdir() if p.is_dir()]
     package = source / "detectron2"
     if (package / "layers" / "csrc").exists():

@@ -100,8 +100,7 @@ def _restore_pil_linear():
     # detectron2/data/transforms/transform.py when the module is executed.
     from PIL import Image
 
-    if not hasattr(Image, "LINEAR"):
-        Image.LINEAR = Image.BILINEAR
+    Image.LINEAR = Image.BILINEAR
 
 
 def _patch_rotated_nms(module):
@@ -169,15 +168,17 @@ class _Shim:
         self.stand_in = stand_in
 
 
-def _always():
-    return True
+def _pil_lacks_linear():
+    from PIL import Image
+
+    return not hasattr(Image, "LINEAR")
 
 
 # Keyed by the module of detectron2 0.6 that needs the shim. ``_PYTHON_ONLY`` is resolved by
 # the finder (no compiled detectron2._C next to the imported detectron2 package).
 _PYTHON_ONLY = object()
 _SHIMS = {
-    "detectron2.data.transforms.transform": _Shim(_always, before=_restore_pil_linear),
+    "detectron2.data.transforms.transform": _Shim(_pil_lacks_linear, before=_restore_pil_linear),
     "detectron2.layers.nms": _Shim(_PYTHON_ONLY, after=_patch_rotated_nms),
     "detectron2.evaluation.coco_evaluation": _Shim(_PYTHON_ONLY, after=_patch_coco_evaluation),
     "detectron2.export.api": _Shim(_without_caffe2, stand_in=_caffe2_export_stand_in),

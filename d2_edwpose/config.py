@@ -5,7 +5,7 @@ from detectron2.config import CfgNode as CN
 def add_edwpose_config(cfg):
     """Add d2_edwpose's keys, with their defaults, to a detectron2 config (in place)."""
     # Every image is resized to exactly this (height, width) by the model itself
-    # (FixedSizeRCNN), so detectron2's loaders and DefaultPredictor all see the same resize;
+    # (FixedInputSizeRCNN), so detectron2's loaders and DefaultPredictor all see the same resize;
     # the paper uses 320x320. Set INPUT.MIN_SIZE_TRAIN/TEST to 0 so that detectron2's
     # shortest-edge resize is a no-op and images reach the model at full resolution.
     cfg.INPUT.FIXED_SIZE = (320, 320)

@@ -157,6 +157,9 @@ def xavier_fill(module: nn.Module) -> None:
     stack of them would all but zero the signal. Here the fans are per group: each output sums
     (in_channels / groups) * k^2 inputs and each input feeds (out_channels / groups) * k^2
     outputs (for a transposed conv the two are swapped, which leaves their sum unchanged).
+
+    This is Glorot's initializer, not detectron2/fvcore's ``c2_xavier_fill`` (Caffe2's
+    "XavierFill", which scales by fan-in only and is in fact a He-style init).
     """
     receptive_field = math.prod(module.kernel_size)
     fan_in = module.in_channels // module.groups * receptive_field

@@ -4,6 +4,8 @@ from pathlib import Path
 
 import pytest
 
+from d2_edwpose.data.synthetic import default_root, register_synthetic_keypoints
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 # CI clones the repository next to a `shared/` folder; a user's clone has none.
 COCO_MINI_ROOT = Path(
@@ -17,6 +19,13 @@ def pytest_configure(config):
     config.addinivalue_line(
         "markers", "slow: end-to-end checks of several minutes, run by `make test-all`"
     )
+
+
+@pytest.fixture
+def restore_synthetic_registration():
+    """For tests that point the synthetic dataset names elsewhere: restores the default."""
+    yield
+    register_synthetic_keypoints(default_root())
 
 
 @pytest.fixture(scope="session")

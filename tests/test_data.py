@@ -40,7 +40,7 @@ def demo_cfg(*opts):
     return cfg
 
 
-def test_flip_then_fixed_resize_maps_boxes_and_keypoints(tmp_path):
+def test_flip_then_fixed_resize_maps_boxes_and_keypoints(tmp_path, restore_synthetic_registration):
     root = generate_synthetic_keypoints(tmp_path, num_train=2, num_val=0, seed=3)
     register_synthetic_keypoints(root)
     (record, *_) = DatasetCatalog.get("synthetic_keypoints_train")

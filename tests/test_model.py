@@ -141,3 +141,46 @@ def test_ground_truth_is_scaled_with_the_image():
     assert torch.allclose(scaled.gt_keypoints.tensor[..., 1], kp[..., 1] * 320 / 240)
     assert torch.equal(scaled.gt_keypoints.tensor[..., 2], kp[..., 2])
     assert torch.equal(scaled.gt_classes, instances.gt_classes)
+
+
+def test_outputs_come_back_in_input_image_coordinates(monkeypatch):
+    model = build_model(load_config("keypoint_rcnn_mv3_fpn_320_edw.yaml")).eval()
+    seen = {}
+
+    def roi_heads_on_fixed_size(images, features, proposals, targets=None):
+        seen["network_input"] = tuple(images.tensor.shape[-2:])
+        instances = Instances(images.image_sizes[0])
+        instances.pred_boxes = Boxes(torch.tensor([[0.0, 0.0, 320.0, 320.0], [80.0, 40.0, 160.0, 200.0]]))
+        instances.scores = torch.tensor([0.9, 0.8])
+        instances.pred_classes = torch.zeros(2, dtype=torch.int64)
+        instances.pred_keypoints = torch.tensor([[[160.0, 160.0, 1.0]] * 17, [[80.0, 40.0, 1.0]] * 17])
+        return [instances], {}
+
+    monkeypatch.setattr(model.roi_heads, "forward", roi_heads_on_fixed_size)
+    with torch.no_grad():
+        (output,) = model([{"image": torch.zeros(3, 240, 360, dtype=torch.uint8)}])
+    assert seen["network_input"] == (320, 320)
+    instances = output["instances"]
+    assert instances.image_size == (240, 360)
+    expected_boxes = torch.tensor([[0.0, 0.0, 360.0, 240.0], [90.0, 30.0, 180.0, 150.0]])
+    assert torch.allclose(instances.pred_boxes.tensor, expected_boxes)
+    assert torch.allclose(instances.pred_keypoints[0, :, :2], torch.tensor([180.0, 120.0]).expand(17, 2))
+    assert torch.allclose(instances.pred_keypoints[1, :, :2], torch.tensor([90.0, 30.0]).expand(17, 2))
+
+
+def test_images_of_the_fixed_size_pass_through_untouched():
+    model = build_model(load_config("keypoint_rcnn_mv3_fpn_320_edw.yaml"))
+    inputs = {"image": torch.zeros(3, 320, 320, dtype=torch.uint8)}
+    (resized,) = model._resize_inputs([inputs])
+    assert resized is inputs
+    with pytest.raises(ValueError, match="proposals"):
+        model._resize_inputs([{"image": torch.zeros(3, 200, 300), "proposals": None}])
+
+
+def test_scaling_refuses_fields_it_cannot_resize():
+    from d2_edwpose.modeling.meta_arch import _scale_instances
+
+    instances = person_instances((240, 360))
+    instances.gt_masks = torch.zeros(2, 240, 360)
+    with pytest.raises(ValueError, match="gt_masks"):
+        _scale_instances(instances, (320, 320))

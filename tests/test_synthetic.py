@@ -48,13 +48,6 @@ def dataset(tmp_path_factory):
     return root
 
 
-@pytest.fixture
-def restore_registration():
-    """Tests that re-point the dataset names put them back for the rest of the session."""
-    yield
-    register_synthetic_keypoints(default_root())
-
-
 def test_layout_and_coco_format(dataset):
     for split, count in zip(SPLITS, (NUM_TRAIN, NUM_VAL)):
         data = _load(dataset, split)
@@ -152,7 +145,7 @@ def test_second_call_reuses_the_dataset_and_new_parameters_regenerate(tmp_path):
     assert image.is_file()
 
 
-def test_detectron2_loads_the_registered_dataset(dataset, restore_registration):
+def test_detectron2_loads_the_registered_dataset(dataset, restore_synthetic_registration):
     register_synthetic_keypoints(dataset)
     register_synthetic_keypoints(dataset)  # re-import safety: a no-op, no crash
     for name, split in zip(DATASET_NAMES, SPLITS):
@@ -181,7 +174,7 @@ def test_detectron2_loads_the_registered_dataset(dataset, restore_registration):
         assert metadata.keypoint_connection_rules == KEYPOINT_CONNECTION_RULES
 
 
-def test_missing_dataset_error_names_the_file_and_the_command(tmp_path, restore_registration):
+def test_missing_dataset_error_names_the_file_and_the_command(tmp_path, restore_synthetic_registration):
     root = tmp_path / "not generated"
     register_synthetic_keypoints(root)
     with pytest.raises(FileNotFoundError) as error:

@@ -12,6 +12,8 @@ __all__ = ["FixedInputSizeRCNN", "resize_to_fixed_size"]
 
 # Instance fields that are not geometric and so survive a resize unchanged.
 _SIZE_INDEPENDENT_FIELDS = ("gt_classes",)
+# Per-image inputs in image coordinates that this model does not rescale.
+_UNSUPPORTED_INPUTS = ("proposals", "sem_seg")
 
 
 def resize_to_fixed_size(image: torch.Tensor, size: Tuple[int, int]) -> torch.Tensor:
@@ -84,6 +86,12 @@ class FixedInputSizeRCNN(GeneralizedRCNN):
             if (height, width) == self.input_size:
                 resized.append(inputs)
                 continue
+            unsupported = [key for key in _UNSUPPORTED_INPUTS if key in inputs]
+            if unsupported:
+                raise ValueError(
+                    f"FixedInputSizeRCNN cannot resize the inputs {unsupported} of an image of "
+                    f"size {(height, width)} to INPUT.FIXED_SIZE={self.input_size}"
+                )
             inputs = dict(inputs)
             inputs["image"] = resize_to_fixed_size(image.to(self.device), self.input_size)
             # Results are mapped back to the size of the image given, unless told otherwise.

@@ -13,11 +13,9 @@
 import argparse
 import json
 import logging
-import os
 import time
 from pathlib import Path
 
-import cv2
 import torch
 
 from detectron2.config import get_cfg
@@ -25,11 +23,15 @@ from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.engine import DefaultPredictor
 from detectron2.utils.file_io import PathManager
 from detectron2.utils.logger import setup_logger
-from detectron2.utils.visualizer import ColorMode, Visualizer
 
 from d2_edwpose import add_edwpose_config
-from d2_edwpose.data.synthetic import default_root, generate_synthetic_keypoints
+from d2_edwpose.data.synthetic import (
+    default_root,
+    generate_synthetic_keypoints,
+    register_synthetic_keypoints,
+)
 from d2_edwpose.engine import Trainer
+from d2_edwpose.tools.demo import run_on_image
 
 DEMO_CONFIG = Path(__file__).resolve().parents[2] / "configs" / "cpu_demo_keypoint_rcnn_mv3_fpn_320_edw.yaml"
 logger = logging.getLogger("d2_edwpose.cpu_demo")
@@ -71,21 +73,16 @@ def plot_training_loss(metrics_file, output_file):
 
 
 def draw_predictions(cfg, dataset_name, output_dir, count):
-    """Predicted poses on the first ``count`` images of ``dataset_name``, drawn to JPEG files."""
+    """Predicted poses (score >= 0.5) on the first ``count`` images of ``dataset_name``, as PNG."""
+    cfg = cfg.clone()
+    cfg.MODEL.ROI_HEADS.SCORE_THRESH_TEST = 0.5
     predictor = DefaultPredictor(cfg)
     metadata = MetadataCatalog.get(dataset_name)
     output_dir.mkdir(parents=True, exist_ok=True)
-    written = []
-    for record in DatasetCatalog.get(dataset_name)[:count]:
-        image = cv2.imread(record["file_name"])  # BGR, as DefaultPredictor expects
-        instances = predictor(image)["instances"].to("cpu")
-        instances = instances[instances.scores >= 0.5]
-        visualizer = Visualizer(image[:, :, ::-1], metadata, scale=2.0, instance_mode=ColorMode.IMAGE)
-        drawn = visualizer.draw_instance_predictions(instances).get_image()[:, :, ::-1]
-        path = output_dir / f"{Path(record['file_name']).stem}.png"
-        cv2.imwrite(str(path), drawn)
-        written.append(path)
-    return written
+    return [
+        run_on_image(predictor, metadata, Path(record["file_name"]), output_dir, suffix=".png")
+        for record in DatasetCatalog.get(dataset_name)[:count]
+    ]
 
 
 def main(argv=None):
@@ -98,6 +95,7 @@ def main(argv=None):
 
     data_root = default_root()
     generate_synthetic_keypoints(data_root, args.num_train, args.num_val, args.seed)
+    register_synthetic_keypoints(data_root)  # a no-op unless the root changed since import
     logger.info(f"Synthetic data in {data_root} ({time.perf_counter() - start:.0f} s)")
 
     cfg = get_cfg()

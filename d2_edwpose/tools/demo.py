@@ -69,17 +69,23 @@ def collect_inputs(inputs):
     return images, videos
 
 
-def run_on_image(predictor, metadata, path, output_dir):
+def draw_poses(image, instances, metadata):
+    """``instances`` (boxes, scores, keypoints) drawn on a BGR image with COCO's skeleton."""
+    visualizer = Visualizer(image[:, :, ::-1], metadata, instance_mode=ColorMode.IMAGE)
+    return visualizer.draw_instance_predictions(instances).get_image()[:, :, ::-1]
+
+
+def run_on_image(predictor, metadata, path, output_dir, suffix=None):
+    """Predict on the image file ``path`` and write the drawing to ``output_dir``, under the
+    same name (with ``suffix`` instead of its own, if given)."""
     image = cv2.imread(str(path))  # BGR, as DefaultPredictor expects by default
     if image is None:
         raise ValueError(f"{path}: not a readable image file")
     start = time.perf_counter()
     instances = predictor(image)["instances"].to("cpu")
     elapsed = time.perf_counter() - start
-    visualizer = Visualizer(image[:, :, ::-1], metadata, instance_mode=ColorMode.IMAGE)
-    drawn = visualizer.draw_instance_predictions(instances).get_image()[:, :, ::-1]
-    output = output_dir / path.name
-    cv2.imwrite(str(output), drawn)
+    output = output_dir / (path.name if suffix is None else path.stem + suffix)
+    cv2.imwrite(str(output), draw_poses(image, instances, metadata))
     logger.info(f"{path}: {len(instances)} people in {elapsed * 1000:.0f} ms -> {output}")
     return output
 

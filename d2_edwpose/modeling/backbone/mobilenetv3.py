@@ -287,6 +287,12 @@ def build_mobilenetv3_fpn_backbone(cfg, input_shape: ShapeSpec):
     """
     bottom_up = build_mobilenetv3_backbone(cfg, input_shape)
     in_features = cfg.MODEL.FPN.IN_FEATURES
+    missing = [f for f in in_features if f not in bottom_up.output_shape()]
+    if missing:
+        raise ValueError(
+            f"MODEL.FPN.IN_FEATURES={list(in_features)!r} asks for {missing}, which "
+            f"MODEL.MOBILENETV3.OUT_FEATURES={list(bottom_up.output_shape())!r} does not output"
+        )
     out_channels = cfg.MODEL.FPN.OUT_CHANNELS
     backbone = FPN(
         bottom_up=bottom_up,

@@ -4,6 +4,9 @@ from pathlib import Path
 
 import pytest
 
+from detectron2.data.datasets import register_coco_instances
+from detectron2.data.datasets.builtin_meta import _get_builtin_metadata
+
 from d2_edwpose.data.synthetic import default_root, register_synthetic_keypoints
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -37,3 +40,16 @@ def coco_mini_root():
             "D2_EDWPOSE_COCO_MINI to such a folder to run it"
         )
     return COCO_MINI_ROOT
+
+
+@pytest.fixture(scope="session")
+def coco_mini_dataset(coco_mini_root):
+    """The real COCO file registered in detectron2's catalog, as a COCO keypoints split."""
+    name = "d2_edwpose_test_coco_val2017_mini"
+    register_coco_instances(
+        name,
+        _get_builtin_metadata("coco_person"),
+        str(coco_mini_root / "person_keypoints_val2017_mini.json"),
+        str(coco_mini_root / "val2017"),
+    )
+    return name

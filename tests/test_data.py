@@ -2,15 +2,13 @@
 import copy
 
 import numpy as np
-import pytest
 import torch
 
 from detectron2.config import get_cfg
-from detectron2.data import DatasetCatalog, DatasetMapper, MetadataCatalog
+from detectron2.data import DatasetCatalog, DatasetMapper
 from detectron2.data import detection_utils as utils
 from detectron2.data import transforms as T
-from detectron2.data.datasets import register_coco_instances
-from detectron2.data.datasets.builtin_meta import COCO_PERSON_KEYPOINT_NAMES, _get_builtin_metadata
+from detectron2.data.datasets.builtin_meta import COCO_PERSON_KEYPOINT_NAMES
 
 from d2_edwpose import add_edwpose_config
 from d2_edwpose.data.synthetic import generate_synthetic_keypoints, register_synthetic_keypoints
@@ -92,15 +90,8 @@ def test_flip_then_fixed_resize_maps_boxes_and_keypoints(tmp_path, restore_synth
         assert np.allclose(twice["keypoints"][labelled], source[labelled], atol=1e-3)
 
 
-def test_trains_a_few_iterations_on_real_coco(coco_mini_root, tmp_path):
-    name = "d2_edwpose_test_coco_mini_train"
-    if name not in DatasetCatalog.list():
-        register_coco_instances(
-            name,
-            _get_builtin_metadata("coco_person"),
-            str(coco_mini_root / "person_keypoints_val2017_mini.json"),
-            str(coco_mini_root / "val2017"),
-        )
+def test_trains_a_few_iterations_on_real_coco(coco_mini_dataset, tmp_path):
+    name = coco_mini_dataset
     records = DatasetCatalog.get(name)
     assert len(records) == 4
     assert any(

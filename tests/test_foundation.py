@@ -10,8 +10,6 @@ import torch
 from detectron2 import model_zoo
 from detectron2.config import get_cfg
 from detectron2.data import DatasetCatalog, MetadataCatalog, build_detection_test_loader
-from detectron2.data.datasets import register_coco_instances
-from detectron2.data.datasets.builtin_meta import _get_builtin_metadata
 from detectron2.evaluation import COCOEvaluator
 from detectron2.modeling import build_model
 from detectron2.structures import Boxes, Instances
@@ -84,15 +82,8 @@ def _ground_truth_as_predictions(dataset_dict, annotations):
     return instances, len(annotations) - len(people)
 
 
-def test_coco_evaluator_scores_ground_truth_on_real_coco_file(coco_mini_root, tmp_path):
-    name = "d2_edwpose_test_coco_val2017_mini"
-    if name not in DatasetCatalog.list():
-        register_coco_instances(
-            name,
-            _get_builtin_metadata("coco_person"),
-            str(coco_mini_root / "person_keypoints_val2017_mini.json"),
-            str(coco_mini_root / "val2017"),
-        )
+def test_coco_evaluator_scores_ground_truth_on_real_coco_file(coco_mini_dataset, tmp_path):
+    name = coco_mini_dataset
     annotations = {d["image_id"]: d["annotations"] for d in DatasetCatalog.get(name)}
     cfg = get_cfg()
     cfg.DATALOADER.NUM_WORKERS = 0

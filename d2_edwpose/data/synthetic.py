@@ -58,7 +58,6 @@ import functools
 import json
 import logging
 import os
-import re
 import shlex
 import tempfile
 

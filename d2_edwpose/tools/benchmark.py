@@ -1,0 +1,211 @@
+"""End-to-end inference latency of Keypoint R-CNN configs at 320x320, batch 1.
+
+    # direct mode (no data): every model detects exactly N people per image
+    python -m d2_edwpose.tools.benchmark --stock-r50 --num-people 20 --sweep 1 5 20 50 100 \
+        --plot output/benchmark/latency_vs_people.png
+    # dataset mode: detectron2's inference_on_dataset (its built-in timer) on a registered dataset
+    python -m d2_edwpose.tools.benchmark configs/cpu_demo_keypoint_rcnn_mv3_fpn_320_edw.yaml \
+        --dataset synthetic_keypoints_val --opts MODEL.WEIGHTS output/cpu_demo/model_final.pth
+
+Randomly initialised weights give an arbitrary number of detections, which would make the
+keypoint head -- run once per detected person -- cost anything. The direct mode therefore
+fixes the work: no score threshold, no box NMS (IoU threshold 1.0) and
+``TEST.DETECTIONS_PER_IMAGE = N``, so every model runs its keypoint head on exactly N people
+(checked on every run). Latency is the wall time of ``model([{"image": ...}])`` in eval mode
+under ``torch.no_grad()``, with CUDA synchronised when the model runs there, after warm-up.
+"""
+import argparse
+import statistics
+import time
+from pathlib import Path
+
+import torch
+
+from detectron2 import model_zoo
+from detectron2.checkpoint import DetectionCheckpointer
+from detectron2.data import build_detection_test_loader
+from detectron2.evaluation import DatasetEvaluators, inference_on_dataset
+from detectron2.modeling import build_model
+
+from d2_edwpose.tools.analyze_model import PAPER_CONFIGS, STOCK_R50, analyze, load_config
+
+__all__ = ["fix_num_detections", "measure_latency", "main"]
+
+
+def fix_num_detections(cfg, num_people):
+    """Make every image yield exactly ``num_people`` detections (given enough proposals)."""
+    cfg.MODEL.ROI_HEADS.SCORE_THRESH_TEST = 0.0
+    cfg.MODEL.ROI_HEADS.NMS_THRESH_TEST = 1.0
+    cfg.TEST.DETECTIONS_PER_IMAGE = num_people
+    return cfg
+
+
+def build_benchmark_model(cfg):
+    """The model of ``cfg`` with random weights and zeroed output layers, in eval mode.
+
+    With random weights the outputs are arbitrary in scale: a deep network (ResNet-50 with
+    identity FrozenBN) sends every RPN proposal to the whole image, so that NMS leaves a
+    handful, its box scores saturate to 0 and its heatmap logits are so large that
+    detectron2's keypoint decoding overflows. Zeroing the RPN's and the box head's
+    regressions makes the proposals the anchors and the detections the proposals, zeroing the
+    box classifier gives every proposal the same score, and zeroing the heatmap predictor keeps
+    the decoding finite, for every backbone. The computation, and so the timing, is unchanged.
+    """
+    torch.manual_seed(0)
+    model = build_model(cfg).eval()
+    rpn_deltas = model.proposal_generator.rpn_head.anchor_deltas
+    box_predictor = model.roi_heads.box_predictor
+    heatmaps = model.roi_heads.keypoint_head.score_lowres
+    for layer in (rpn_deltas, box_predictor.bbox_pred, box_predictor.cls_score, heatmaps):
+        torch.nn.init.zeros_(layer.weight)
+        torch.nn.init.zeros_(layer.bias)
+    return model
+
+
+def _synchronize(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+@torch.no_grad()
+def measure_latency(model, image, num_people, warmup, repeats):
+    """Seconds per call of ``model`` on ``image``, one per repeat; checks the detections."""
+    inputs = [{"image": image}]
+    times = []
+    for i in range(warmup + repeats):
+        _synchronize(model.device)
+        start = time.perf_counter()
+        (output,) = model(inputs)
+        _synchronize(model.device)
+        elapsed = time.perf_counter() - start
+        found = len(output["instances"])
+        if found != num_people:
+            raise RuntimeError(f"expected {num_people} detections, the model returned {found}")
+        if i >= warmup:
+            times.append(elapsed)
+    return times
+
+
+def _models(args):
+    """(name, config) of every model to compare."""
+    size = tuple(args.size)
+    models = [(Path(path).stem, load_config(path, size)) for path in args.configs]
+    if args.stock_r50:
+        stock = load_config(model_zoo.get_config_file(STOCK_R50), size)
+        models.append((f"detectron2 {Path(STOCK_R50).stem}", stock))
+    for _, cfg in models:
+        cfg.merge_from_list(args.opts)
+        cfg.MODEL.DEVICE = args.device
+    return models
+
+
+def run_direct(args):
+    torch.manual_seed(0)
+    image = torch.randint(0, 256, (3, *args.size), dtype=torch.uint8)
+    rows = []
+    for name, cfg in _models(args):
+        flops = analyze(cfg, name)
+        for num_people in sorted(set(args.sweep) | {args.num_people}):
+            model = build_benchmark_model(fix_num_detections(cfg.clone(), num_people))
+            times = measure_latency(model, image.to(model.device), num_people, args.warmup, args.repeats)
+            quantiles = statistics.quantiles(times, n=10) if len(times) > 1 else times * 9
+            rows.append(
+                {
+                    "model": name,
+                    "people": num_people,
+                    "median_ms": 1000 * statistics.median(times),
+                    "p10_ms": 1000 * quantiles[0],
+                    "p90_ms": 1000 * quantiles[-1],
+                    "params_m": flops["total_params"] / 1e6,
+                    "gflops": flops["backbone_gflops"] + flops["rpn_gflops"]
+                    + flops["box_head_gflops_at_test"] + num_people * flops["keypoint_head_gflops_per_roi"],
+                }
+            )
+            print(f"{name} N={num_people}: {rows[-1]['median_ms']:.1f} ms", flush=True)
+    return rows
+
+
+def _speedup(reference_ms, ms):
+    return f"{reference_ms / ms:.2f}×" if reference_ms else "–"
+
+
+def format_table(rows, num_people, device, size):
+    rows = [r for r in rows if r["people"] == num_people]
+    latency = {r["model"]: r["median_ms"] for r in rows}
+    vanilla = next((ms for name, ms in latency.items() if name.endswith("_vanilla")), None)
+    stock = next((ms for name, ms in latency.items() if name.startswith("detectron2 ")), None)
+    lines = [
+        f"Direct mode, {size[0]}×{size[1]} input, batch 1, N = {num_people} people per image, "
+        f"device {device}, {torch.get_num_threads()} threads, random weights.",
+        "",
+        "| model | latency median (p10–p90) | FPS | vs vanilla | vs stock R50 | params | GFLOPs at N |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['model']} | {r['median_ms']:.0f} ms ({r['p10_ms']:.0f}–{r['p90_ms']:.0f}) "
+            f"| {1000 / r['median_ms']:.1f} | {_speedup(vanilla, r['median_ms'])} "
+            f"| {_speedup(stock, r['median_ms'])} "
+            f"| {r['params_m']:.1f} M | {r['gflops']:.1f} |"
+        )
+    return "\n".join(lines)
+
+
+def plot_sweep(rows, output_file, device):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for name in dict.fromkeys(r["model"] for r in rows):
+        points = sorted((r["people"], r["median_ms"]) for r in rows if r["model"] == name)
+        ax.plot(*zip(*points), marker="o", label=name)
+    ax.set_xlabel("people detected per image (N)")
+    ax.set_ylabel("latency per image, median (ms)")
+    ax.set_title(f"Keypoint R-CNN at 320×320, batch 1, {device}, {torch.get_num_threads()} threads")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    Path(output_file).parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(output_file, dpi=100)
+    plt.close(fig)
+
+
+def run_dataset(args):
+    (path,) = args.configs
+    cfg = load_config(path, tuple(args.size))
+    cfg.merge_from_list(args.opts)
+    cfg.MODEL.DEVICE = args.device
+    model = build_model(cfg).eval()
+    DetectionCheckpointer(model).load(cfg.MODEL.WEIGHTS)
+    loader = build_detection_test_loader(cfg, args.dataset)
+    # No evaluator: only detectron2's timer, which logs "Total inference (pure compute) time".
+    inference_on_dataset(model, loader, DatasetEvaluators([]))
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("configs", nargs="*", default=[str(p) for p in PAPER_CONFIGS])
+    parser.add_argument("--stock-r50", action="store_true", help=f"add detectron2's {STOCK_R50}")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--size", type=int, nargs=2, default=(320, 320), metavar=("H", "W"))
+    parser.add_argument("--num-people", type=int, default=20, help="N of the table")
+    parser.add_argument("--sweep", type=int, nargs="*", default=[], help="more values of N to plot")
+    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=10)
+    parser.add_argument("--plot", help="PNG of latency against N (with --sweep)")
+    parser.add_argument("--dataset", help="dataset mode: a registered dataset name")
+    parser.add_argument("--opts", nargs=argparse.REMAINDER, default=[], help="KEY VALUE overrides")
+    args = parser.parse_args(argv)
+    if args.dataset:
+        return run_dataset(args)
+    rows = run_direct(args)
+    print(format_table(rows, args.num_people, args.device, args.size))
+    if args.plot:
+        plot_sweep(rows, args.plot, args.device)
+    return rows
+
+
+if __name__ == "__main__":
+    main()

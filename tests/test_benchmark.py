@@ -1,0 +1,46 @@
+"""The benchmark's direct mode really runs every model on exactly N people (timings untested)."""
+import pytest
+import torch
+
+from detectron2 import model_zoo
+
+from d2_edwpose.tools.analyze_model import PAPER_CONFIGS, STOCK_R50, load_config
+from d2_edwpose.tools.benchmark import (
+    build_benchmark_model,
+    fix_num_detections,
+    format_table,
+    measure_latency,
+)
+
+MODELS = [*PAPER_CONFIGS, model_zoo.get_config_file(STOCK_R50)]
+
+
+@pytest.mark.parametrize("config", MODELS, ids=lambda p: str(p).rsplit("/", 1)[-1])
+@pytest.mark.parametrize("num_people", [1, 7])
+def test_direct_mode_yields_n_detections(config, num_people):
+    model = build_benchmark_model(fix_num_detections(load_config(config), num_people))
+    image = torch.randint(0, 256, (3, 320, 320), dtype=torch.uint8)
+    times = measure_latency(model, image, num_people, warmup=0, repeats=1)
+    assert len(times) == 1 and times[0] > 0
+    with torch.no_grad():
+        (output,) = model([{"image": image}])
+    assert output["instances"].pred_keypoints.shape == (num_people, 17, 3)
+
+
+def test_a_wrong_number_of_detections_is_an_error():
+    model = build_benchmark_model(fix_num_detections(load_config(PAPER_CONFIGS[2]), 3))
+    with pytest.raises(RuntimeError, match="expected 4 detections, the model returned 3"):
+        measure_latency(model, torch.zeros(3, 320, 320, dtype=torch.uint8), 4, warmup=0, repeats=1)
+
+
+def test_table_states_n_and_ratios():
+    rows = [
+        {"model": "x_vanilla", "people": 20, "median_ms": 200.0, "p10_ms": 190.0, "p90_ms": 210.0, "params_m": 38.0, "gflops": 90.0},
+        {"model": "x_dw", "people": 20, "median_ms": 80.0, "p10_ms": 78.0, "p90_ms": 90.0, "params_m": 22.0, "gflops": 33.0},
+        {"model": "detectron2 r50", "people": 20, "median_ms": 400.0, "p10_ms": 390.0, "p90_ms": 420.0, "params_m": 59.0, "gflops": 102.0},
+        {"model": "x_dw", "people": 5, "median_ms": 50.0, "p10_ms": 48.0, "p90_ms": 52.0, "params_m": 22.0, "gflops": 26.0},
+    ]  # fmt: skip
+    table = format_table(rows, 20, "cpu", (320, 320))
+    assert "N = 20 people per image" in table
+    assert "| x_dw | 80 ms (78–90) | 12.5 | 2.50× | 5.00× | 22.0 M | 33.0 |" in table
+    assert "50 ms" not in table

@@ -108,7 +108,7 @@ def run_direct(args):
         for num_people in sorted(set(args.sweep) | {args.num_people}):
             model = build_benchmark_model(fix_num_detections(cfg.clone(), num_people))
             times = measure_latency(model, image.to(model.device), num_people, args.warmup, args.repeats)
-            quantiles = statistics.quantiles(times, n=10) if len(times) > 1 else times * 9
+            quantiles = statistics.quantiles(times, n=10)
             rows.append(
                 {
                     "model": name,
@@ -198,6 +198,8 @@ def main(argv=None):
     parser.add_argument("--dataset", help="dataset mode: a registered dataset name")
     parser.add_argument("--opts", nargs=argparse.REMAINDER, default=[], help="KEY VALUE overrides")
     args = parser.parse_args(argv)
+    if args.repeats < 2:
+        parser.error(f"--repeats {args.repeats}: at least 2 timed runs are needed for a spread")
     if args.dataset:
         return run_dataset(args)
     rows = run_direct(args)

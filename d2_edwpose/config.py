@@ -1,6 +1,11 @@
 """Config keys added by d2_edwpose (the ``add_*_config`` convention of detectron2's projects)."""
 from detectron2.config import CfgNode as CN
 
+__all__ = ["CONV_TYPES", "add_edwpose_config", "validate_edwpose_config"]
+
+# Values of MODEL.ROI_KEYPOINT_HEAD.CONV_TYPE and MODEL.ROI_BOX_HEAD.CONV_TYPE.
+CONV_TYPES = ("vanilla", "dw", "edw")
+
 
 def add_edwpose_config(cfg):
     """Add d2_edwpose's keys, with their defaults, to a detectron2 config (in place)."""
@@ -27,3 +32,90 @@ def add_edwpose_config(cfg):
     cfg.MODEL.ROI_KEYPOINT_HEAD.CONV_TYPE = "vanilla"
     # EDWConv's e: depthwise filters per input channel. See EDWConv for the choice of default.
     cfg.MODEL.ROI_KEYPOINT_HEAD.EXPAND_FACTOR = 2
+
+    # The convs of FastRCNNSeparableConvFCHead (ROI_BOX_HEAD.NAME), the realtime config's light
+    # box head: "dw", "edw" or "vanilla" (then it is detectron2's FastRCNNConvFCHead).
+    cfg.MODEL.ROI_BOX_HEAD.CONV_TYPE = "dw"
+    cfg.MODEL.ROI_BOX_HEAD.EXPAND_FACTOR = 2
+
+
+def validate_edwpose_config(cfg):
+    """Raise ValueError naming the key, its value and what is expected, for a bad value of one of
+    d2_edwpose's keys, before anything is built from the config.
+
+    yacs already rejects an unknown key (KeyError naming it) and a value of another type than
+    the default's (ValueError naming the key) when a file or a list is merged.
+    """
+    import math
+    from numbers import Real
+
+    from detectron2.layers import get_norm
+
+    from .layers import is_valid_expand_factor
+    from .modeling.backbone.mobilenetv3 import _OUTPUT_NAMES, _STAGE_NAMES, ARCHS
+
+    def check(key, value, valid, expected):
+        if not valid:
+            raise ValueError(f"{key}={value!r} is invalid: expected {expected}")
+
+    def is_norm(name):
+        if name == "":
+            return True
+        try:
+            get_norm(name, 32)
+        except KeyError:
+            return False
+        return True
+
+    def is_int(value):
+        return isinstance(value, int) and not isinstance(value, bool)
+
+    size = cfg.INPUT.FIXED_SIZE
+    check(
+        "INPUT.FIXED_SIZE",
+        size,
+        len(size) == 2 and all(is_int(s) and s > 0 for s in size),
+        "(height, width), two positive integers",
+    )
+    mcfg = cfg.MODEL.MOBILENETV3
+    check("MODEL.MOBILENETV3.ARCH", mcfg.ARCH, mcfg.ARCH in ARCHS, " or ".join(map(repr, ARCHS)))
+    width = mcfg.WIDTH_MULT
+    check(
+        "MODEL.MOBILENETV3.WIDTH_MULT",
+        width,
+        isinstance(width, Real) and math.isfinite(width) and width > 0,
+        "a positive number (1.0 for the ImageNet weights)",
+    )
+    features = list(mcfg.OUT_FEATURES)
+    check(
+        "MODEL.MOBILENETV3.OUT_FEATURES",
+        features,
+        features and set(features) <= set(_OUTPUT_NAMES) and len(set(features)) == len(features),
+        f"a non-empty list of distinct names from {list(_OUTPUT_NAMES)}",
+    )
+    check(
+        "MODEL.MOBILENETV3.FREEZE_AT",
+        mcfg.FREEZE_AT,
+        is_int(mcfg.FREEZE_AT) and 0 <= mcfg.FREEZE_AT <= len(_STAGE_NAMES),
+        f"an integer from 0 (train everything) to {len(_STAGE_NAMES)} (freeze all stages)",
+    )
+    check(
+        "MODEL.MOBILENETV3.NORM",
+        mcfg.NORM,
+        is_norm(mcfg.NORM),
+        "a norm of detectron2's get_norm ('FrozenBN', 'BN', 'SyncBN', 'naiveSyncBN', 'GN') or ''",
+    )
+    for head in ("ROI_KEYPOINT_HEAD", "ROI_BOX_HEAD"):
+        hcfg = cfg.MODEL[head]
+        check(
+            f"MODEL.{head}.CONV_TYPE",
+            hcfg.CONV_TYPE,
+            hcfg.CONV_TYPE in CONV_TYPES,
+            ", ".join(map(repr, CONV_TYPES)),
+        )
+        check(
+            f"MODEL.{head}.EXPAND_FACTOR",
+            hcfg.EXPAND_FACTOR,
+            is_valid_expand_factor(hcfg.EXPAND_FACTOR),
+            "an integer >= 1",
+        )

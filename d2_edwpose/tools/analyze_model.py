@@ -26,6 +26,7 @@ from d2_edwpose import add_edwpose_config
 
 CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
 PAPER_CONFIGS = [CONFIG_DIR / f"keypoint_rcnn_mv3_fpn_320_{t}.yaml" for t in ("vanilla", "dw", "edw")]
+REALTIME_CONFIG = CONFIG_DIR / "keypoint_rcnn_mv3_fpn_320_realtime.yaml"
 STOCK_R50 = "COCO-Keypoints/keypoint_rcnn_R_50_FPN_3x.yaml"
 
 
@@ -116,7 +117,7 @@ def format_table(rows):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("configs", nargs="*", type=Path, default=PAPER_CONFIGS)
+    parser.add_argument("configs", nargs="*", type=Path, default=[*PAPER_CONFIGS, REALTIME_CONFIG])
     parser.add_argument(
         "--stock-r50", action="store_true", help=f"add detectron2's {STOCK_R50} at the same input"
     )

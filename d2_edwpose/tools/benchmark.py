@@ -13,8 +13,13 @@ fixes the work: no score threshold, no box NMS (IoU threshold 1.0) and
 ``TEST.DETECTIONS_PER_IMAGE = N``, so every model runs its keypoint head on exactly N people
 (checked on every run). Latency is the wall time of ``model([{"image": ...}])`` in eval mode
 under ``torch.no_grad()``, with CUDA synchronised when the model runs there, after warm-up.
+With ``--optimize`` every model is also measured after
+:func:`d2_edwpose.modeling.optimize.optimize_for_inference`, in a row of its own; speed-ups
+"vs vanilla" compare rows of the same kind, "vs stock R50" always compare with detectron2's
+model as it is built (what its users run).
 """
 import argparse
+import itertools
 import statistics
 import time
 from pathlib import Path
@@ -27,7 +32,14 @@ from detectron2.data import build_detection_test_loader
 from detectron2.evaluation import DatasetEvaluators, inference_on_dataset
 from detectron2.modeling import build_model
 
-from d2_edwpose.tools.analyze_model import PAPER_CONFIGS, STOCK_R50, analyze, load_config
+from d2_edwpose.modeling.optimize import optimize_for_inference
+from d2_edwpose.tools.analyze_model import (
+    PAPER_CONFIGS,
+    REALTIME_CONFIG,
+    STOCK_R50,
+    analyze,
+    load_config,
+)
 
 __all__ = ["fix_num_detections", "measure_latency", "main"]
 
@@ -103,15 +115,21 @@ def run_direct(args):
     torch.manual_seed(0)
     image = torch.randint(0, 256, (3, *args.size), dtype=torch.uint8)
     rows = []
+    variants = (False, True) if args.optimize else (False,)
     for name, cfg in _models(args):
         flops = analyze(cfg, name)
-        for num_people in sorted(set(args.sweep) | {args.num_people}):
+        for num_people, optimized in itertools.product(
+            sorted(set(args.sweep) | {args.num_people}), variants
+        ):
             model = build_benchmark_model(fix_num_detections(cfg.clone(), num_people))
+            if optimized:
+                optimize_for_inference(model)
             times = measure_latency(model, image.to(model.device), num_people, args.warmup, args.repeats)
             quantiles = statistics.quantiles(times, n=10)
             rows.append(
                 {
                     "model": name,
+                    "optimized": optimized,
                     "people": num_people,
                     "median_ms": 1000 * statistics.median(times),
                     "p10_ms": 1000 * quantiles[0],
@@ -121,8 +139,12 @@ def run_direct(args):
                     + flops["box_head_gflops_at_test"] + num_people * flops["keypoint_head_gflops_per_roi"],
                 }
             )
-            print(f"{name} N={num_people}: {rows[-1]['median_ms']:.1f} ms", flush=True)
+            print(f"{_label(rows[-1])} N={num_people}: {rows[-1]['median_ms']:.1f} ms", flush=True)
     return rows
+
+
+def _label(row):
+    return f"{row['model']} + optimize_for_inference" if row.get("optimized") else row["model"]
 
 
 def _speedup(reference_ms, ms):
@@ -131,9 +153,17 @@ def _speedup(reference_ms, ms):
 
 def format_table(rows, num_people, device, size):
     rows = [r for r in rows if r["people"] == num_people]
-    latency = {r["model"]: r["median_ms"] for r in rows}
-    vanilla = next((ms for name, ms in latency.items() if name.endswith("_vanilla")), None)
-    stock = next((ms for name, ms in latency.items() if name.startswith("detectron2 ")), None)
+    vanilla = {
+        r.get("optimized", False): r["median_ms"] for r in rows if r["model"].endswith("_vanilla")
+    }
+    stock = next(
+        (
+            r["median_ms"]
+            for r in rows
+            if r["model"].startswith("detectron2 ") and not r.get("optimized")
+        ),
+        None,
+    )
     lines = [
         f"Direct mode, {size[0]}×{size[1]} input, batch 1, N = {num_people} people per image, "
         f"device {device}, {torch.get_num_threads()} threads, random weights.",
@@ -143,8 +173,9 @@ def format_table(rows, num_people, device, size):
     ]
     for r in rows:
         lines.append(
-            f"| {r['model']} | {r['median_ms']:.0f} ms ({r['p10_ms']:.0f}–{r['p90_ms']:.0f}) "
-            f"| {1000 / r['median_ms']:.1f} | {_speedup(vanilla, r['median_ms'])} "
+            f"| {_label(r)} | {r['median_ms']:.0f} ms ({r['p10_ms']:.0f}–{r['p90_ms']:.0f}) "
+            f"| {1000 / r['median_ms']:.1f} "
+            f"| {_speedup(vanilla.get(r.get('optimized', False)), r['median_ms'])} "
             f"| {_speedup(stock, r['median_ms'])} "
             f"| {r['params_m']:.1f} M | {r['gflops']:.1f} |"
         )
@@ -158,8 +189,8 @@ def plot_sweep(rows, output_file, device):
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    for name in dict.fromkeys(r["model"] for r in rows):
-        points = sorted((r["people"], r["median_ms"]) for r in rows if r["model"] == name)
+    for name in dict.fromkeys(map(_label, rows)):
+        points = sorted((r["people"], r["median_ms"]) for r in rows if _label(r) == name)
         ax.plot(*zip(*points), marker="o", label=name)
     ax.set_xlabel("people detected per image (N)")
     ax.set_ylabel("latency per image, median (ms)")
@@ -186,8 +217,15 @@ def run_dataset(args):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("configs", nargs="*", default=[str(p) for p in PAPER_CONFIGS])
+    parser.add_argument(
+        "configs", nargs="*", default=[str(p) for p in (*PAPER_CONFIGS, REALTIME_CONFIG)]
+    )
     parser.add_argument("--stock-r50", action="store_true", help=f"add detectron2's {STOCK_R50}")
+    parser.add_argument(
+        "--optimize",
+        action="store_true",
+        help="also measure every model after optimize_for_inference (a row of its own)",
+    )
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--size", type=int, nargs=2, default=(320, 320), metavar=("H", "W"))
     parser.add_argument("--num-people", type=int, default=20, help="N of the table")

@@ -1,0 +1,78 @@
+"""A light box head for the realtime config: detectron2's conv+fc box head with separable convs."""
+from functools import partial
+
+from torch import nn
+
+from detectron2.config import configurable
+from detectron2.layers import get_norm
+from detectron2.modeling.roi_heads.box_head import ROI_BOX_HEAD_REGISTRY, FastRCNNConvFCHead
+
+from ...layers import DWConv, EDWConv, is_valid_expand_factor, xavier_fill
+
+__all__ = ["FastRCNNSeparableConvFCHead"]
+
+
+@ROI_BOX_HEAD_REGISTRY.register()
+class FastRCNNSeparableConvFCHead(FastRCNNConvFCHead):
+    """
+    detectron2's :class:`FastRCNNConvFCHead` (3x3 convs, each followed by norm and ReLU, then
+    fully connected layers with ReLU) whose convs are, by ``conv_type``, DWConv ("dw") or
+    EDWConv ("edw") -- the paper's keypoint-head idea applied to the detection network. With a
+    few narrow convs and one small fc layer it replaces the stock two 1024-wide fc layers,
+    which cost ~12.8 GFLOPs on 1,000 proposals at 256 channels. "vanilla" is the stock head.
+
+    Separable convs are initialised like the keypoint head's (per-group Xavier); the stock
+    head's MSRA fill takes a depthwise conv's fan-out from the weight shape, d_i times too large.
+    """
+
+    @configurable
+    def __init__(self, input_shape, *, conv_dims, fc_dims, conv_norm="", conv_type, expand_factor):
+        """
+        Args:
+            input_shape, conv_dims, fc_dims, conv_norm: as in :class:`FastRCNNConvFCHead`.
+            conv_type (str): "vanilla", "dw" or "edw" (``MODEL.ROI_BOX_HEAD.CONV_TYPE``).
+            expand_factor (int >= 1): e of "edw" (``MODEL.ROI_BOX_HEAD.EXPAND_FACTOR``).
+        """
+        conv_classes = {
+            "vanilla": None,
+            "dw": DWConv,
+            "edw": partial(EDWConv, expand_factor=expand_factor),
+        }
+        if conv_type not in conv_classes:
+            raise ValueError(
+                "MODEL.ROI_BOX_HEAD.CONV_TYPE (conv_type) must be one of "
+                f"{', '.join(map(repr, conv_classes))}; got {conv_type!r}"
+            )
+        if not is_valid_expand_factor(expand_factor):
+            raise ValueError(
+                "MODEL.ROI_BOX_HEAD.EXPAND_FACTOR (expand_factor) must be an integer >= 1; "
+                f"got {expand_factor!r}"
+            )
+        super().__init__(input_shape, conv_dims=conv_dims, fc_dims=fc_dims, conv_norm=conv_norm)
+        conv_class = conv_classes[conv_type]
+        if conv_class is None:
+            return
+        # The stock convs are small (conv_dims x conv_dims x 3 x 3): replaced in place, under the
+        # same names, so that the module order of the nn.Sequential (its forward) is kept.
+        for k, stock in enumerate(self.conv_norm_relus):
+            conv = conv_class(
+                stock.in_channels,
+                stock.out_channels,
+                3,
+                padding=1,
+                bias=not conv_norm,
+                norm=get_norm(conv_norm, stock.out_channels),
+                activation=nn.ReLU(),
+            )
+            for module in conv.modules():
+                if isinstance(module, nn.Conv2d):
+                    xavier_fill(module)
+            setattr(self, f"conv{k + 1}", conv)
+            self.conv_norm_relus[k] = conv
+
+    @classmethod
+    def from_config(cls, cfg, input_shape):
+        ret = super().from_config(cfg, input_shape)
+        ret["conv_type"] = cfg.MODEL.ROI_BOX_HEAD.CONV_TYPE
+        ret["expand_factor"] = cfg.MODEL.ROI_BOX_HEAD.EXPAND_FACTOR
+        return ret

@@ -273,3 +273,33 @@ def test_training_step_reaches_every_parameter(conv_type):
     for name, param in head.named_parameters():
         assert param.grad is not None and torch.isfinite(param.grad).all(), name
         assert param.grad.abs().sum() > 0, name
+
+
+def test_decoding_equals_detectron2s_exactly():
+    from detectron2.modeling.roi_heads.keypoint_head import keypoint_rcnn_inference as stock_inference
+    from detectron2.structures.keypoints import heatmaps_to_keypoints as stock_decoding
+
+    from d2_edwpose.modeling.roi_heads.keypoint_decoding import (
+        heatmaps_to_keypoints,
+        keypoint_rcnn_inference,
+    )
+
+    generator = torch.Generator().manual_seed(0)
+    maps = torch.randn(6, NUM_KEYPOINTS, 56, 56, generator=generator) * 4
+    maps[0, 3] = 0.0  # a flat map: every pixel ties, the first one wins in both
+    boxes = torch.tensor(
+        [[10.0, 20, 110.5, 220.2], [0, 0, 0.5, 0.4], [5, 5, 300, 40], [7.3, 2.1, 9.9, 319], [0, 0, 320, 320], [50, 60, 51, 61]]
+    )  # fmt: skip
+    expected = stock_decoding(maps, boxes)
+    assert torch.equal(heatmaps_to_keypoints(maps, boxes), expected)
+    assert torch.equal(torch.jit.script(heatmaps_to_keypoints)(maps, boxes), expected)
+
+    stock, ours = [Instances((320, 320)), Instances((320, 320))], [Instances((320, 320)), Instances((320, 320))]
+    for instances in (stock, ours):
+        instances[0].pred_boxes = Boxes(boxes[:4])
+        instances[1].pred_boxes = Boxes(boxes[4:])
+    stock_inference(maps, stock)
+    keypoint_rcnn_inference(maps, ours)
+    for reference, result in zip(stock, ours):
+        assert torch.equal(result.pred_keypoints, reference.pred_keypoints)
+        assert torch.equal(result.pred_keypoint_heatmaps, reference.pred_keypoint_heatmaps)

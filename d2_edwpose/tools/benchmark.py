@@ -210,6 +210,8 @@ def run_dataset(args):
     cfg.MODEL.DEVICE = args.device
     model = build_model(cfg).eval()
     DetectionCheckpointer(model).load(cfg.MODEL.WEIGHTS)
+    if args.optimize:
+        optimize_for_inference(model)
     loader = build_detection_test_loader(cfg, args.dataset)
     # No evaluator: only detectron2's timer, which logs "Total inference (pure compute) time".
     inference_on_dataset(model, loader, DatasetEvaluators([]))

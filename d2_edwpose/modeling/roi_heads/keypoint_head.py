@@ -11,6 +11,7 @@ from detectron2.modeling.roi_heads.keypoint_head import (
 )
 
 from ...layers import DWConv, EDWConv, is_valid_expand_factor, xavier_fill
+from .keypoint_decoding import keypoint_rcnn_inference
 
 __all__ = ["KRCNNSeparableConvDeconvUpsampleHead"]
 
@@ -29,7 +30,9 @@ class KRCNNSeparableConvDeconvUpsampleHead(KRCNNConvDeconvUpsampleHead):
 
     Unlike the stock head (MSRA init), every weight is initialized by Xavier's initializer and
     every bias to 0, as in the paper (Sec. IV-A); "vanilla" is thus the paper's baseline, not
-    detectron2's. Losses and inference are the stock ones (:class:`BaseKeypointRCNNHead`).
+    detectron2's. Losses are the stock ones (:class:`BaseKeypointRCNNHead`); inference gives
+    the stock outputs, decoded by :func:`.keypoint_decoding.heatmaps_to_keypoints`, which skips
+    work of detectron2's decoding whose result it discards.
     """
 
     @configurable
@@ -83,6 +86,12 @@ class KRCNNSeparableConvDeconvUpsampleHead(KRCNNConvDeconvUpsampleHead):
         for module in self.modules():
             if isinstance(module, (nn.Conv2d, nn.ConvTranspose2d)):
                 xavier_fill(module)
+
+    def forward(self, x, instances):
+        if self.training:
+            return super().forward(x, instances)
+        keypoint_rcnn_inference(self.layers(x), instances)
+        return instances
 
     @classmethod
     def from_config(cls, cfg, input_shape):

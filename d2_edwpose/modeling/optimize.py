@@ -23,6 +23,7 @@
 Each rewrite gives the same result up to float rounding (folding reorders a product);
 ``tests/test_optimize.py`` checks equal detections with boxes and keypoints within 0.01 px.
 """
+import functools
 import logging
 from concurrent.futures import ThreadPoolExecutor
 
@@ -143,14 +144,9 @@ def _replace_edwconvs(model: nn.Module) -> int:
     return replaced
 
 
-_EXECUTOR = None
-
-
+@functools.lru_cache(maxsize=None)
 def _executor(num_threads: int) -> ThreadPoolExecutor:
-    global _EXECUTOR
-    if _EXECUTOR is None or _EXECUTOR._max_workers != num_threads:
-        _EXECUTOR = ThreadPoolExecutor(num_threads, thread_name_prefix="d2_edwpose_roi_align")
-    return _EXECUTOR
+    return ThreadPoolExecutor(num_threads, thread_name_prefix="d2_edwpose_roi_align")
 
 
 class ThreadedROIAlign(ROIAlign):

@@ -6,16 +6,21 @@
         --eval-only MODEL.WEIGHTS output/model_final.pth
 
 Same command line as detectron2's tools/train_net.py (--resume, --num-machines,
---machine-rank, --dist-url, trailing KEY VALUE config overrides).
+--machine-rank, --dist-url, trailing KEY VALUE config overrides). Without CUDA, --num-gpus N
+starts N CPU processes (gloo backend).
 """
 # d2_edwpose first: it installs its detectron2 compatibility hook (d2_edwpose/compat.py) in
 # environments set up without the start-up .pth file.
 from d2_edwpose import add_edwpose_config  # isort: skip
 from d2_edwpose.engine import Trainer  # isort: skip
 
-from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.config import get_cfg
 from detectron2.engine import default_argument_parser, default_setup, launch
+from detectron2.utils import comm
+from detectron2.utils.logger import setup_logger
+
+from d2_edwpose.checkpoint import SafeCheckpointer
+from d2_edwpose.config import validate_edwpose_config
 
 
 def setup(args):
@@ -23,8 +28,10 @@ def setup(args):
     add_edwpose_config(cfg)
     cfg.merge_from_file(args.config_file)
     cfg.merge_from_list(args.opts)
+    validate_edwpose_config(cfg)
     cfg.freeze()
     default_setup(cfg, args)
+    setup_logger(cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="d2_edwpose")
     return cfg
 
 
@@ -32,7 +39,7 @@ def main(args):
     cfg = setup(args)
     if args.eval_only:
         model = Trainer.build_model(cfg)
-        DetectionCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(
+        SafeCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(
             cfg.MODEL.WEIGHTS, resume=args.resume
         )
         return Trainer.test(cfg, model)
@@ -41,7 +48,7 @@ def main(args):
     return trainer.train()
 
 
-if __name__ == "__main__":
+def invoke_main():
     args = default_argument_parser().parse_args()
     print("Command Line Args:", args)
     launch(
@@ -52,3 +59,7 @@ if __name__ == "__main__":
         dist_url=args.dist_url,
         args=(args,),
     )
+
+
+if __name__ == "__main__":
+    invoke_main()

@@ -18,6 +18,18 @@ Caffe2 export API          detectron2 0.6 with torch >= 2.0 (no        ``import 
                            caffe2): ``detectron2/export/api.py``       works; the Caffe2 entry
                            imports caffe2                              points raise
                                                                        :class:`Caffe2Unavailable`
+optimizer in checkpoints   detectron2 0.6: ``DefaultTrainer`` does     ``state_dict`` includes and
+                           not save its ``SimpleTrainer``'s state      restores it as later
+                           (the optimizer's momentum is lost on        versions do (``"_trainer"``)
+                           ``--resume``)
+multi-process launch on    detectron2 0.6 on a machine without CUDA:   ``launch`` starts its
+CPU                        ``launch``'s workers assert CUDA and use    processes with the gloo
+                           NCCL (later versions pick gloo themselves)  backend
+DDP of a CPU model         detectron2 0.6 and later on a machine       ``create_ddp_model`` gives
+                           without CUDA: ``create_ddp_model`` passes   CPU models
+                           ``device_ids=[local rank]``, which          ``device_ids=None``
+                           ``DistributedDataParallel`` rejects for
+                           CPU models
 =========================  ==========================================  =========================
 
 The hook must be active before detectron2 is first imported, in any order of imports. The
@@ -26,6 +38,7 @@ calls :func:`install` at interpreter start-up; ``import d2_edwpose`` calls it to
 imports only the standard library at top level so that start-up stays cheap.
 """
 
+import functools
 import importlib.abc
 import importlib.machinery
 import importlib.util
@@ -154,6 +167,91 @@ def _without_caffe2():
     return importlib.util.find_spec("caffe2") is None
 
 
+def _without_cuda():
+    import torch
+
+    return not torch.cuda.is_available()
+
+
+def _always():
+    return True
+
+
+def _patch_engine_defaults(module):
+    # detectron2 0.6's DefaultTrainer checkpoints only TrainerBase's state (iteration, hooks):
+    # the optimizer of its SimpleTrainer is missing, so --resume restarts SGD momentum from
+    # zero. Later versions define these two methods; save and restore it the same way.
+    trainer_class = module.DefaultTrainer
+    if "state_dict" not in vars(trainer_class):
+
+        def state_dict(self):
+            ret = super(trainer_class, self).state_dict()
+            ret["_trainer"] = self._trainer.state_dict()
+            return ret
+
+        def load_state_dict(self, state_dict):
+            super(trainer_class, self).load_state_dict(state_dict)
+            self._trainer.load_state_dict(state_dict["_trainer"])
+
+        for method in (state_dict, load_state_dict):
+            method.__qualname__ = f"{trainer_class.__name__}.{method.__name__}"
+            setattr(trainer_class, method.__name__, method)
+
+    if _without_cuda():
+        module.create_ddp_model = _ddp_for_cpu_models(module.create_ddp_model)
+
+
+def _ddp_for_cpu_models(create_ddp_model):
+    # DistributedDataParallel accepts device_ids only for single-device GPU modules;
+    # create_ddp_model passes [local rank] whatever the device.
+    @functools.wraps(create_ddp_model)
+    def create_ddp_model_for_any_device(model, **kwargs):
+        if "device_ids" not in kwargs and all(p.device.type == "cpu" for p in model.parameters()):
+            kwargs["device_ids"] = None
+        return create_ddp_model(model, **kwargs)
+
+    return create_ddp_model_for_any_device
+
+
+# The assertion message of detectron2 0.6's CUDA-only launch worker.
+_CUDA_ONLY_WORKER_MESSAGE = "cuda is not available. Please check your installation."
+
+
+def _launch_on_cpu(module):
+    # detectron2 0.6's _distributed_worker asserts CUDA and initialises NCCL; later versions
+    # choose gloo themselves when there is no GPU (their worker has no such assertion).
+    if _CUDA_ONLY_WORKER_MESSAGE in module._distributed_worker.__code__.co_consts:
+        module._distributed_worker = _gloo_distributed_worker
+
+
+def _gloo_distributed_worker(
+    local_rank, main_func, world_size, num_gpus_per_machine, machine_rank, dist_url, args, timeout
+):
+    """detectron2 0.6's ``launch`` worker for CPU processes: the gloo backend, no CUDA calls.
+
+    Module-level, so that ``torch.multiprocessing.spawn`` can pickle it by reference.
+    """
+    import torch.distributed as dist
+    from detectron2.utils import comm
+
+    global_rank = machine_rank * num_gpus_per_machine + local_rank
+    dist.init_process_group(
+        backend="gloo",
+        init_method=dist_url,
+        world_size=world_size,
+        rank=global_rank,
+        timeout=timeout,
+    )
+    # The per-machine group behind comm.get_local_rank(), built as detectron2 0.6's launch does.
+    for machine in range(world_size // num_gpus_per_machine):
+        ranks = list(range(machine * num_gpus_per_machine, (machine + 1) * num_gpus_per_machine))
+        group = dist.new_group(ranks)
+        if machine == machine_rank:
+            comm._LOCAL_PROCESS_GROUP = group
+    comm.synchronize()
+    main_func(*args)
+
+
 class _Shim:
     """What to do when detectron2 imports one module, and when it is needed at all.
 
@@ -182,6 +280,9 @@ _SHIMS = {
     "detectron2.layers.nms": _Shim(_PYTHON_ONLY, after=_patch_rotated_nms),
     "detectron2.evaluation.coco_evaluation": _Shim(_PYTHON_ONLY, after=_patch_coco_evaluation),
     "detectron2.export.api": _Shim(_without_caffe2, stand_in=_caffe2_export_stand_in),
+    # Each of its patches checks on its own whether this detectron2 and machine need it.
+    "detectron2.engine.defaults": _Shim(_always, after=_patch_engine_defaults),
+    "detectron2.engine.launch": _Shim(_without_cuda, after=_launch_on_cpu),
 }
 
 

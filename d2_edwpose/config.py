@@ -43,8 +43,9 @@ def validate_edwpose_config(cfg):
     """Raise ValueError naming the key, its value and what is expected, for a bad value of one of
     d2_edwpose's keys, before anything is built from the config.
 
-    yacs already rejects an unknown key (KeyError naming it) and a value of another type than
-    the default's (ValueError naming the key) when a file or a list is merged.
+    yacs already rejects an unknown key (naming it: a KeyError from a file, an AssertionError
+    from a command-line override) and a value of another type than the default's (ValueError
+    naming the key) when a config is merged.
     """
     import math
     from numbers import Real

@@ -3,7 +3,7 @@
 
     python train_net.py --config-file configs/keypoint_rcnn_mv3_fpn_320_edw.yaml --num-gpus 8
     python train_net.py --config-file configs/keypoint_rcnn_mv3_fpn_320_edw.yaml \
-        --eval-only MODEL.WEIGHTS output/model_final.pth
+        --eval-only MODEL.WEIGHTS output/model_final.pth [TEST.OPTIMIZE_FOR_INFERENCE True]
 
 Same command line as detectron2's tools/train_net.py (--resume, --num-machines,
 --machine-rank, --dist-url, trailing KEY VALUE config overrides). Without CUDA, --num-gpus N
@@ -21,6 +21,7 @@ from detectron2.utils.logger import setup_logger
 
 from d2_edwpose.checkpoint import SafeCheckpointer
 from d2_edwpose.config import validate_edwpose_config
+from d2_edwpose.modeling.optimize import optimize_for_inference
 
 
 def setup(args):
@@ -42,6 +43,8 @@ def main(args):
         SafeCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(
             cfg.MODEL.WEIGHTS, resume=args.resume
         )
+        if cfg.TEST.OPTIMIZE_FOR_INFERENCE:
+            optimize_for_inference(model.eval())
         return Trainer.test(cfg, model)
     trainer = Trainer(cfg)
     trainer.resume_or_load(resume=args.resume)

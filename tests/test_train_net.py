@@ -67,6 +67,26 @@ def test_train_then_eval_only(tiny_synthetic_root, tmp_path):
     predictions = output_dir / "eval" / "inference" / "synthetic_keypoints_val"
     assert (predictions / "coco_instances_results.json").is_file()
 
+    optimized = run_train_net(
+        ["--config-file", str(DEMO_CONFIG), "--eval-only",
+         "MODEL.WEIGHTS", str(output_dir / "model_final.pth"),
+         "OUTPUT_DIR", str(output_dir / "eval_optimized"), "TEST.OPTIMIZE_FOR_INFERENCE", "True",
+         *TINY_RUN],
+        env, tmp_path,
+    )  # fmt: skip
+    assert optimized.returncode == 0, (optimized.stdout + optimized.stderr)[-3000:]
+    assert re.search(r"optimize_for_inference \(cpu\): [1-9]\d* folded norms", optimized.stdout)
+    results = [
+        json.loads((path / "inference" / "synthetic_keypoints_val" / "coco_instances_results.json").read_text())
+        for path in (output_dir / "eval", output_dir / "eval_optimized")
+    ]  # fmt: skip
+    assert len(results[0]) == len(results[1]) > 0
+    for reference, result in zip(*results):
+        assert result["image_id"] == reference["image_id"]
+        assert max(abs(a - b) for a, b in zip(result["bbox"], reference["bbox"])) <= 0.01
+        assert max(abs(a - b) for a, b in zip(result["keypoints"], reference["keypoints"])) <= 0.01
+        assert abs(result["score"] - reference["score"]) <= 1e-4
+
 
 def test_missing_coco_stops_at_once_naming_the_path(tmp_path):
     empty = tmp_path / "no_datasets_here"

@@ -23,6 +23,7 @@ from detectron2.utils.video_visualizer import VideoVisualizer
 from detectron2.utils.visualizer import ColorMode, Visualizer
 
 from d2_edwpose import add_edwpose_config
+from d2_edwpose.modeling.optimize import optimize_for_inference
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"}
 VIDEO_SUFFIXES = {".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v"}
@@ -135,6 +136,8 @@ def main(argv=None):
     images, videos = collect_inputs(args.input)
     cfg = setup_cfg(args.config_file, args.opts, args.confidence_threshold)
     predictor = DefaultPredictor(cfg)
+    if cfg.TEST.OPTIMIZE_FOR_INFERENCE:
+        optimize_for_inference(predictor.model)
     metadata = keypoint_metadata(cfg)
     output_dir = Path(args.output)
     output_dir.mkdir(parents=True, exist_ok=True)

@@ -9,8 +9,10 @@ from d2_edwpose.tools.analyze_model import PAPER_CONFIGS, REALTIME_CONFIG, STOCK
 from d2_edwpose.tools.benchmark import (
     build_benchmark_model,
     fix_num_detections,
+    format_profile,
     format_table,
     measure_latency,
+    profile_components,
 )
 
 MODELS = [*PAPER_CONFIGS, REALTIME_CONFIG, model_zoo.get_config_file(STOCK_R50)]
@@ -58,3 +60,15 @@ def test_table_states_n_and_ratios():
     # Optimized rows compare with the optimized vanilla row and with the stock model as built.
     assert "| x_dw + optimize_for_inference | 40 ms (39–41) | 25.0 | 4.00× | 10.00× |" in table
     assert "| detectron2 r50 + optimize_for_inference | 320 ms (310–330) | 3.1 | 0.50× | 1.25× |" in table
+
+
+def test_profile_times_every_part_and_removes_its_hooks():
+    model = build_benchmark_model(fix_num_detections(load_config(REALTIME_CONFIG), 3))
+    image = torch.randint(0, 256, (3, 320, 320), dtype=torch.uint8)
+    profile = profile_components(model, image, warmup=0, repeats=2)
+    parts = ["backbone", "RPN", "box RoIAlign", "box head", "box predictor", "keypoint RoIAlign", "keypoint head"]
+    assert all(profile[name] > 0 for name in [*parts, "keypoint convs", "keypoint decoding"])
+    assert profile["keypoint convs"] < profile["keypoint head"]
+    assert sum(profile[name] for name in parts) < profile["total"]
+    assert not any(m._forward_hooks or m._forward_pre_hooks for m in model.modules())
+    assert "| keypoint_rcnn_mv3_fpn_320_realtime | " in format_profile([("keypoint_rcnn_mv3_fpn_320_realtime", profile)], 3)

@@ -98,6 +98,86 @@ def measure_latency(model, image, num_people, warmup, repeats):
     return times
 
 
+def _component_modules(model):
+    """name -> module of the parts of a Keypoint R-CNN whose forward is timed by --profile."""
+    heads = model.roi_heads
+    return {
+        "backbone": model.backbone,
+        "RPN": model.proposal_generator,
+        "box RoIAlign": heads.box_pooler,
+        "box head": heads.box_head,
+        "box predictor": heads.box_predictor,
+        "keypoint RoIAlign": heads.keypoint_pooler,
+        "keypoint head": heads.keypoint_head,
+    }
+
+
+@torch.no_grad()
+def profile_components(model, image, warmup, repeats):
+    """Median milliseconds per call spent in each part of ``model`` (forward hooks).
+
+    "keypoint convs" is the keypoint head from its first layer to its heatmap predictor,
+    "keypoint decoding" the rest of the head (upsampling, heatmaps to keypoints); "other" is
+    what no part covers: input resize and normalisation, box decoding and NMS, output rescaling.
+    """
+    parts = _component_modules(model)
+    keypoint_head = parts["keypoint head"]
+    spans = {}
+
+    def start(name):
+        return lambda *_: spans.__setitem__(name, [time.perf_counter(), None])
+
+    def stop(name):
+        return lambda *_: spans[name].__setitem__(1, time.perf_counter())
+
+    handles = []
+    for name, module in parts.items():
+        handles += [module.register_forward_pre_hook(start(name)), module.register_forward_hook(stop(name))]
+    first_layer = next(keypoint_head.children())
+    handles += [
+        first_layer.register_forward_pre_hook(start("keypoint convs")),
+        keypoint_head.score_lowres.register_forward_hook(stop("keypoint convs")),
+    ]
+    samples = []
+    try:
+        for i in range(warmup + repeats):
+            _synchronize(model.device)
+            begin = time.perf_counter()
+            model([{"image": image}])
+            _synchronize(model.device)
+            total = time.perf_counter() - begin
+            if i < warmup:
+                continue
+            ms = {name: 1000 * (end - begin_) for name, (begin_, end) in spans.items()}
+            ms["keypoint decoding"] = ms["keypoint head"] - ms["keypoint convs"]
+            ms["other"] = 1000 * total - sum(ms[name] for name in parts)
+            ms["total"] = 1000 * total
+            samples.append(ms)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return {name: statistics.median(s[name] for s in samples) for name in samples[0]}
+
+
+PROFILE_COLUMNS = (
+    "backbone", "RPN", "box RoIAlign", "box head", "keypoint RoIAlign", "keypoint convs",
+    "keypoint decoding", "other", "total",
+)  # fmt: skip
+
+
+def format_profile(profiles, num_people):
+    lines = [
+        f"Time per part, median ms, N = {num_people} (model with CUDA synchronised only at the "
+        "ends: GPU parts are not separated).",
+        "",
+        "| model | " + " | ".join(PROFILE_COLUMNS) + " |",
+        "|---|" + "---|" * len(PROFILE_COLUMNS),
+    ]
+    for label, ms in profiles:
+        lines.append(f"| {label} | " + " | ".join(f"{ms[c]:.0f}" for c in PROFILE_COLUMNS) + " |")
+    return "\n".join(lines)
+
+
 def _models(args):
     """(name, config) of every model to compare."""
     size = tuple(args.size)
@@ -114,7 +194,7 @@ def _models(args):
 def run_direct(args):
     torch.manual_seed(0)
     image = torch.randint(0, 256, (3, *args.size), dtype=torch.uint8)
-    rows = []
+    rows, profiles = [], []
     variants = (False, True) if args.optimize else (False,)
     for name, cfg in _models(args):
         flops = analyze(cfg, name)
@@ -140,6 +220,11 @@ def run_direct(args):
                 }
             )
             print(f"{_label(rows[-1])} N={num_people}: {rows[-1]['median_ms']:.1f} ms", flush=True)
+            if args.profile and num_people == args.num_people:
+                profile = profile_components(model, image.to(model.device), args.warmup, args.repeats)
+                profiles.append((_label(rows[-1]), profile))
+    if profiles:
+        print(format_profile(profiles, args.num_people))
     return rows
 
 
@@ -227,6 +312,11 @@ def main(argv=None):
         "--optimize",
         action="store_true",
         help="also measure every model after optimize_for_inference (a row of its own)",
+    )
+    parser.add_argument(
+        "--profile",
+        action="store_true",
+        help="also print the time of each part (backbone, RPN, heads, ...) at --num-people",
     )
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--size", type=int, nargs=2, default=(320, 320), metavar=("H", "W"))

@@ -23,4 +23,6 @@ setup(
         "matplotlib",
         "setuptools>=64,<81",
     ],
+    # ONNX export (d2_edwpose.export) and the onnxruntime runner (d2_edwpose/deploy/).
+    extras_require={"export": ["onnx", "onnxruntime"]},
 )

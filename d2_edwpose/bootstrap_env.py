@@ -58,7 +58,8 @@ DETECTRON2_RUNTIME_REQUIREMENTS = [
 ]
 # detectron2 0.6 imports pkg_resources, which setuptools 81 removed.
 # (>= 64: recursive globs in package_data and PEP 660 editable installs.)
-PROJECT_REQUIREMENTS = ["setuptools>=64,<81", "opencv-python", "pytest"]
+# onnx and onnxruntime: ONNX export and its runner (d2_edwpose/export.py, d2_edwpose/deploy/).
+PROJECT_REQUIREMENTS = ["setuptools>=64,<81", "opencv-python", "pytest", "onnx", "onnxruntime"]
 # pip 26 refuses to even download a PyPI sdist whose metadata has a direct-URL dependency, and
 # pb1-detectron2 declares one in an extra (panopticapi); an older pip only fetches the file.
 SDIST_DOWNLOAD_PIP = "pip>=23,<26"

@@ -1,0 +1,1 @@
+"""Deployment runners that need neither PyTorch nor detectron2 (see onnx_pose_runner.py)."""

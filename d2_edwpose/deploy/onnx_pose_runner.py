@@ -1,0 +1,371 @@
+"""Run a d2_edwpose Keypoint R-CNN exported to ONNX with onnxruntime on the CPU.
+
+This file is self-contained: it needs numpy, opencv-python and onnxruntime, and neither
+PyTorch nor detectron2, so it can be copied next to the ``.onnx`` file into a service::
+
+    python onnx_pose_runner.py model.onnx photo.jpg [--score-threshold 0.5] [--output poses.json]
+
+    from onnx_pose_runner import OnnxPoseRunner
+    runner = OnnxPoseRunner("model.onnx")
+    poses = runner(cv2.imread("photo.jpg"))  # a BGR image, as OpenCV reads it
+    poses["boxes"]      # (N, 4) float32, XYXY in the pixel coordinates of the image given
+    poses["scores"]     # (N,) float32
+    poses["classes"]    # (N,) int64 (0 = person)
+    poses["keypoints"]  # (N, 17, 3) float32: x, y, score of each COCO keypoint
+
+The exported graph (``python -m d2_edwpose.tools.export_model``) takes one image of the
+model's fixed input size (``INPUT.FIXED_SIZE``, 320x320) and returns boxes, scores and classes
+after score threshold and NMS, and the keypoint heatmap logits of each box, all in the
+coordinates of that fixed-size image. It normalises the pixels itself (``MODEL.PIXEL_MEAN``,
+``MODEL.PIXEL_STD``). This runner does the rest with the PyTorch model's formulas, in float32:
+
+* pre-processing (``FixedInputSizeRCNN``): channel order of ``INPUT.FORMAT``, then an
+  antialiased bilinear resize to the fixed size (PyTorch's ``F.interpolate(mode="bilinear",
+  antialias=True)``, re-implemented in numpy);
+* keypoint decoding (detectron2's ``heatmaps_to_keypoints``): each box's heatmaps are
+  upsampled to the box size with PyTorch's bicubic interpolation, and the arg-max gives a
+  keypoint and its score. It is done here because its per-box loop over box-sized maps
+  cannot be exported to ONNX by PyTorch's exporter, and costs little in numpy;
+* post-processing (detectron2's ``detector_postprocess``): boxes and keypoints scaled back to
+  the image given, boxes clipped to it, empty boxes dropped.
+
+What the runner needs to know (fixed size, channel order, the score threshold applied in the
+graph) is stored in the ONNX file's metadata under the key ``d2_edwpose``.
+"""
+import argparse
+import json
+import os
+import sys
+
+import cv2
+import numpy as np
+import onnxruntime
+
+__all__ = [
+    "ExportedModelError",
+    "OnnxPoseRunner",
+    "heatmaps_to_keypoints",
+    "resize_bilinear_antialiased",
+    "METADATA_KEY",
+    "METADATA_FORMAT",
+    "INPUT_NAME",
+    "OUTPUT_NAMES",
+]
+
+# The contract between the exporter (d2_edwpose/export.py) and this runner.
+METADATA_KEY = "d2_edwpose"
+METADATA_FORMAT = "d2_edwpose.keypoint_rcnn/1"
+INPUT_NAME = "image"
+OUTPUT_NAMES = ("boxes", "scores", "classes", "keypoint_heatmaps")
+_METADATA_FIELDS = ("format", "input_format", "input_size", "score_threshold", "num_keypoints")
+_INPUT_FORMATS = ("RGB", "BGR")
+
+# PyTorch's (and OpenCV's) bicubic convolution coefficient.
+_CUBIC_A = -0.75
+
+
+class ExportedModelError(ValueError):
+    """The ONNX file cannot be read, or is not a model exported by d2_edwpose."""
+
+
+# ----------------------------------------------------------------------------- pre-processing
+def _antialiased_bilinear_taps(in_size, out_size):
+    """Source indices (out_size, taps) and normalised weights of PyTorch's antialiased
+    bilinear resize along one axis (the kernel of PIL's bilinear filter), computed with
+    PyTorch's float32 and float64 steps so that the weights are the same to the last bit.
+
+    When shrinking by ``scale`` the triangle filter is widened to ``scale`` source pixels
+    each side, which averages away what the smaller image cannot represent; when enlarging it
+    is plain bilinear interpolation with half-pixel centres.
+    """
+    f32, f64 = np.float32, np.float64
+    scale = f32(in_size) / f32(out_size)
+    support = max(scale, f32(1))
+    inv_scale = f32(1 / f64(scale)) if scale >= 1 else f32(1)
+    centers = (f64(scale) * (np.arange(out_size) + 0.5)).astype(f32)
+    # int64 truncation, as in PyTorch (operands are >= 0 after the max/min).
+    first = np.maximum(((centers - support).astype(f64) + 0.5).astype(np.int64), 0)
+    stop = np.minimum(((centers + support).astype(f64) + 0.5).astype(np.int64), in_size)
+    indices = first[:, None] + np.arange((stop - first).max())
+    offsets = ((indices.astype(f32) - centers[:, None]).astype(f64) + 0.5) * f64(inv_scale)
+    weights = (1 - np.abs(offsets.astype(f32))).clip(0).astype(f32)
+    weights[indices >= stop[:, None]] = 0
+    # Normalised by their sum, accumulated in order in float32.
+    total = np.zeros(out_size, f32)
+    for k in range(weights.shape[1]):
+        total += weights[:, k]
+    weights /= total[:, None]
+    return np.minimum(indices, in_size - 1), weights
+
+
+def resize_bilinear_antialiased(image, size):
+    """Resize an (H, W, C) float32 image to ``size`` = (height, width) as
+    ``torch.nn.functional.interpolate(mode="bilinear", align_corners=False, antialias=True)``
+    does: width first, then height, each output pixel a weighted sum over a few source pixels
+    added in PyTorch's order."""
+
+    def along_first_axis(array, taps):
+        indices, weights = taps
+        # Gathers along the first axis copy whole contiguous rows: fast.
+        result = array[indices[:, 0]] * weights[:, 0, None, None]
+        for k in range(1, indices.shape[1]):
+            result += array[indices[:, k]] * weights[:, k, None, None]
+        return result
+
+    height, width = size
+    columns = _antialiased_bilinear_taps(image.shape[1], width)
+    resized = along_first_axis(np.ascontiguousarray(image.transpose(1, 0, 2)), columns)
+    rows = _antialiased_bilinear_taps(image.shape[0], height)
+    return along_first_axis(np.ascontiguousarray(resized.transpose(1, 0, 2)), rows)
+
+
+# ----------------------------------------------------------------------------- keypoint decoding
+def _bicubic_taps(in_size, out_size):
+    """Source indices (out_size, 4) and weights of PyTorch's bicubic interpolation
+    (``align_corners=False``, Keys' kernel with a = -0.75) along one axis, in float32."""
+    scale = np.float32(in_size) / np.float32(out_size)
+    source = scale * (np.arange(out_size, dtype=np.float32) + np.float32(0.5)) - np.float32(0.5)
+    start = np.floor(source)
+    t = source - start
+    a = np.float32(_CUBIC_A)
+
+    def near(x):  # |x| <= 1
+        return ((a + 2) * x - (a + 3)) * x * x + 1
+
+    def far(x):  # 1 < |x| < 2
+        return ((a * x - 5 * a) * x + 8 * a) * x - 4 * a
+
+    weights = np.stack([far(t + 1), near(t), near(1 - t), far(2 - t)], axis=1)
+    # Pixels beyond the border repeat the border pixel.
+    indices = np.clip(start.astype(np.int64)[:, None] + np.arange(-1, 3), 0, in_size - 1)
+    return indices, weights.astype(np.float32)
+
+
+def _resize_bicubic(maps, height, width):
+    """(S, S, K) float32 maps resized to (height, width, K) as PyTorch's
+    ``F.interpolate(mode="bicubic", align_corners=False)``: along x, then along y, adding the
+    four taps in PyTorch's order. Channels last, so that every gather copies whole rows."""
+    columns, column_weights = _bicubic_taps(maps.shape[1], width)
+    rows, row_weights = _bicubic_taps(maps.shape[0], height)
+    by_x = np.ascontiguousarray(maps.transpose(1, 0, 2))  # (x, y, K)
+    along_x = by_x[columns[:, 0]] * column_weights[:, 0, None, None]
+    for k in range(1, 4):
+        along_x += by_x[columns[:, k]] * column_weights[:, k, None, None]
+    by_y = np.ascontiguousarray(along_x.transpose(1, 0, 2))  # (y, width, K)
+    result = by_y[rows[:, 0]] * row_weights[:, 0, None, None]
+    for k in range(1, 4):
+        result += by_y[rows[:, k]] * row_weights[:, k, None, None]
+    return result
+
+
+def heatmaps_to_keypoints(maps, boxes):
+    """Keypoints from heatmap logits: detectron2's ``heatmaps_to_keypoints`` in numpy.
+
+    Args:
+        maps: (R, K, S, S) float32 heatmap logits of R boxes.
+        boxes: (R, 4) float32 boxes (XYXY) the heatmaps were predicted in.
+
+    Returns:
+        (R, K, 3) float32: x, y (continuous coordinates: pixel index + 0.5, Heckbert 1990) and
+        score, detectron2's ``pred_keypoints``. Each box's maps are upsampled to the box size
+        (rounded up), the first arg-max pixel is the keypoint, and the score is its softmax
+        probability over the map at heatmap resolution (so that scores of people of
+        different sizes are comparable).
+    """
+    maps = np.asarray(maps, dtype=np.float32)
+    boxes = np.asarray(boxes, dtype=np.float32)
+    num_boxes, num_keypoints = maps.shape[:2]
+    widths = np.maximum(boxes[:, 2] - boxes[:, 0], np.float32(1))
+    heights = np.maximum(boxes[:, 3] - boxes[:, 1], np.float32(1))
+    widths_ceil = np.ceil(widths)
+    heights_ceil = np.ceil(heights)
+    width_corrections = widths / widths_ceil
+    height_corrections = heights / heights_ceil
+
+    keypoints = np.zeros((num_boxes, num_keypoints, 3), dtype=np.float32)
+    for i in range(num_boxes):
+        height, width = int(heights_ceil[i]), int(widths_ceil[i])
+        roi_map = _resize_bicubic(maps[i].transpose(1, 2, 0), height, width)
+        flat = roi_map.reshape(height * width, num_keypoints)
+        position = flat.argmax(axis=0)  # row-major (y, x), as PyTorch's argmax
+        max_logit = flat[position, np.arange(num_keypoints)]
+        y_int, x_int = np.divmod(position, width)
+        # detectron2 divides exp(roi_map - max) by the sum of exp(maps - max) over the
+        # heatmap; at the arg-max the numerator is exp(0) = 1.
+        normaliser = np.exp(maps[i] - max_logit[:, None, None]).sum(axis=(1, 2))
+        x = (x_int.astype(np.float32) + np.float32(0.5)) * width_corrections[i]
+        y = (y_int.astype(np.float32) + np.float32(0.5)) * height_corrections[i]
+        keypoints[i, :, 0] = x + boxes[i, 0]
+        keypoints[i, :, 1] = y + boxes[i, 1]
+        keypoints[i, :, 2] = 1 / normaliser
+    return keypoints
+
+
+# ----------------------------------------------------------------------------- the runner
+def _read_metadata(path, session):
+    metadata = session.get_modelmeta().custom_metadata_map
+    if METADATA_KEY not in metadata:
+        raise ExportedModelError(
+            f"{path}: not a d2_edwpose pose model: its ONNX metadata has no '{METADATA_KEY}' "
+            f"entry (it has {sorted(metadata) or 'none'}). Export models with "
+            "`python -m d2_edwpose.tools.export_model`."
+        )
+    try:
+        info = json.loads(metadata[METADATA_KEY])
+    except json.JSONDecodeError as e:
+        raise ExportedModelError(f"{path}: metadata '{METADATA_KEY}' is not JSON ({e})") from None
+    missing = [field for field in _METADATA_FIELDS if field not in info]
+    if missing:
+        raise ExportedModelError(f"{path}: metadata '{METADATA_KEY}' lacks {missing}")
+    if info["format"] != METADATA_FORMAT:
+        raise ExportedModelError(
+            f"{path}: exported as format {info['format']!r}; this runner reads "
+            f"{METADATA_FORMAT!r}. Export the model again with this version of d2_edwpose."
+        )
+    if info["input_format"] not in _INPUT_FORMATS:
+        raise ExportedModelError(
+            f"{path}: metadata input_format={info['input_format']!r}, expected one of {_INPUT_FORMATS}"
+        )
+    return info
+
+
+def _check_signature(path, session, input_size, num_keypoints):
+    expected = [3, *input_size]
+    inputs = [(i.name, i.shape, i.type) for i in session.get_inputs()]
+    if inputs != [(INPUT_NAME, expected, "tensor(float)")]:
+        raise ExportedModelError(
+            f"{path}: the graph's inputs are {inputs}; expected one float input "
+            f"'{INPUT_NAME}' of shape {expected} (the metadata's input_size)"
+        )
+    outputs = {o.name: o.shape for o in session.get_outputs()}
+    if sorted(outputs) != sorted(OUTPUT_NAMES) or outputs["keypoint_heatmaps"][1] != num_keypoints:
+        raise ExportedModelError(
+            f"{path}: the graph's outputs are {outputs}; expected {list(OUTPUT_NAMES)} with "
+            f"{num_keypoints} heatmaps per box (the metadata's num_keypoints)"
+        )
+
+
+class OnnxPoseRunner:
+    """An exported pose model on onnxruntime's CPU provider, with the model's pre- and
+    post-processing; call it on a BGR image (H, W, 3) uint8."""
+
+    def __init__(self, onnx_path, num_threads=None):
+        """
+        Args:
+            onnx_path: a file written by ``python -m d2_edwpose.tools.export_model``.
+            num_threads: onnxruntime's intra-op threads; None for its default (one per
+                physical core).
+        """
+        path = os.fspath(onnx_path)
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"{path}: no such ONNX file")
+        options = onnxruntime.SessionOptions()
+        if num_threads is not None:
+            options.intra_op_num_threads = num_threads
+        try:
+            self.session = onnxruntime.InferenceSession(
+                path, options, providers=["CPUExecutionProvider"]
+            )
+        # onnxruntime raises its own exception types, subclasses of Exception only.
+        except Exception as e:
+            raise ExportedModelError(
+                f"{path}: onnxruntime cannot load this file as an ONNX model (corrupt or "
+                f"truncated?): {e}"
+            ) from e
+        info = _read_metadata(path, self.session)
+        self.path = path
+        self.input_format = info["input_format"]
+        self.input_size = tuple(info["input_size"])
+        self.score_threshold = float(info["score_threshold"])
+        self.num_keypoints = int(info["num_keypoints"])
+        _check_signature(path, self.session, self.input_size, self.num_keypoints)
+
+    def preprocess(self, image):
+        """The graph's input for a BGR (H, W, 3) image: (3, *input_size) float32, in the
+        model's channel order, resized as ``FixedInputSizeRCNN`` resizes."""
+        if image.ndim != 3 or image.shape[2] != 3:
+            raise ValueError(f"expected a BGR image of shape (H, W, 3), got shape {image.shape}")
+        if self.input_format == "RGB":
+            image = image[:, :, ::-1]
+        image = image.astype(np.float32)
+        if image.shape[:2] != self.input_size:
+            image = resize_bilinear_antialiased(image, self.input_size)
+        return np.ascontiguousarray(image.transpose(2, 0, 1))
+
+    def run_graph(self, graph_input):
+        """The graph's outputs (a dict by name) for a pre-processed image."""
+        outputs = self.session.run(OUTPUT_NAMES, {INPUT_NAME: graph_input})
+        return dict(zip(OUTPUT_NAMES, outputs))
+
+    def postprocess(self, outputs, image_size, score_threshold=None):
+        """Boxes, scores, classes and keypoints in the coordinates of an image of
+        ``image_size`` = (height, width), from the graph's outputs."""
+        threshold = self.score_threshold if score_threshold is None else score_threshold
+        if threshold < self.score_threshold:
+            raise ValueError(
+                f"score_threshold={threshold} is below {self.score_threshold}, the threshold "
+                f"exported into {self.path}: detections under it were already dropped. Export "
+                "again with a lower MODEL.ROI_HEADS.SCORE_THRESH_TEST."
+            )
+        # Strictly above, as detectron2 applies MODEL.ROI_HEADS.SCORE_THRESH_TEST.
+        keep = outputs["scores"] > threshold
+        boxes = outputs["boxes"][keep]
+        keypoints = heatmaps_to_keypoints(outputs["keypoint_heatmaps"][keep], boxes)
+
+        height, width = image_size
+        scale_x = width / self.input_size[1]
+        scale_y = height / self.input_size[0]
+        boxes = boxes * np.array([scale_x, scale_y, scale_x, scale_y], dtype=np.float32)
+        boxes[:, 0::2] = boxes[:, 0::2].clip(0, width)
+        boxes[:, 1::2] = boxes[:, 1::2].clip(0, height)
+        keypoints[:, :, 0] *= scale_x
+        keypoints[:, :, 1] *= scale_y
+        nonempty = (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
+        return {
+            "boxes": boxes[nonempty],
+            "scores": outputs["scores"][keep][nonempty],
+            "classes": outputs["classes"][keep][nonempty],
+            "keypoints": keypoints[nonempty],
+        }
+
+    def __call__(self, image, score_threshold=None):
+        """Poses in a BGR (H, W, 3) image: people scored above ``score_threshold`` (default
+        and minimum: the exported one)."""
+        outputs = self.run_graph(self.preprocess(image))
+        return self.postprocess(outputs, image.shape[:2], score_threshold)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("model", help="ONNX file written by d2_edwpose.tools.export_model")
+    parser.add_argument("images", nargs="+", help="image files")
+    parser.add_argument("--score-threshold", type=float, help="default: the exported one")
+    parser.add_argument("--threads", type=int, help="onnxruntime intra-op threads")
+    parser.add_argument("--output", help="JSON file to write (default: standard output)")
+    args = parser.parse_args(argv)
+
+    runner = OnnxPoseRunner(args.model, num_threads=args.threads)
+    results = []
+    for path in args.images:
+        image = cv2.imread(path)
+        if image is None:
+            raise SystemExit(f"{path}: not a readable image file")
+        poses = runner(image, args.score_threshold)
+        people = [
+            {"box": box.tolist(), "score": float(score), "keypoints": keypoints.tolist()}
+            for box, score, keypoints in zip(poses["boxes"], poses["scores"], poses["keypoints"])
+        ]
+        results.append({"image": path, "height": image.shape[0], "width": image.shape[1], "people": people})
+    text = json.dumps(results)
+    if args.output:
+        with open(args.output, "w") as f:
+            f.write(text + "\n")
+    else:
+        sys.stdout.write(text + "\n")
+    return results
+
+
+if __name__ == "__main__":
+    main()

@@ -303,3 +303,20 @@ def test_decoding_equals_detectron2s_exactly():
     for reference, result in zip(stock, ours):
         assert torch.equal(result.pred_keypoints, reference.pred_keypoints)
         assert torch.equal(result.pred_keypoint_heatmaps, reference.pred_keypoint_heatmaps)
+
+
+def test_traced_decoding_follows_the_number_of_detections():
+    from d2_edwpose.modeling.roi_heads.keypoint_decoding import keypoint_rcnn_inference
+
+    def decode(maps, boxes):
+        instances = Instances((320, 320))
+        instances.pred_boxes = Boxes(boxes)
+        keypoint_rcnn_inference(maps, [instances])
+        return instances.pred_keypoints
+
+    generator = torch.Generator().manual_seed(0)
+    corners = torch.rand(5, 2, generator=generator) * 100
+    boxes = torch.cat([corners, corners + 50], dim=1)
+    maps = torch.randn(5, NUM_KEYPOINTS, 56, 56, generator=generator)
+    traced = torch.jit.trace(decode, (maps[:2], boxes[:2]), check_trace=False)
+    assert torch.equal(traced(maps, boxes), decode(maps, boxes))

@@ -61,7 +61,9 @@ def keypoint_rcnn_inference(pred_keypoint_logits: torch.Tensor, pred_instances: 
     boxes = cat([instances.pred_boxes.tensor for instances in pred_instances], dim=0)
     pred_keypoint_logits = pred_keypoint_logits.detach()
     keypoints = heatmaps_to_keypoints(pred_keypoint_logits, boxes.detach())
-    num_instances_per_image = [len(instances) for instances in pred_instances]
+    # Sizes, not len(): a trace keeps them dynamic (detectron2 patches len() in its own modules
+    # when it traces, for the same reason).
+    num_instances_per_image = [instances.pred_boxes.tensor.shape[0] for instances in pred_instances]
     keypoints = keypoints[:, :, [0, 1, 3]].split(num_instances_per_image, dim=0)
     heatmaps = pred_keypoint_logits.split(num_instances_per_image, dim=0)
     for keypoints_per_image, heatmaps_per_image, instances in zip(keypoints, heatmaps, pred_instances):

@@ -8,9 +8,11 @@ from d2_edwpose.modeling.optimize import optimize_for_inference
 from d2_edwpose.tools.analyze_model import PAPER_CONFIGS, REALTIME_CONFIG, STOCK_R50, load_config
 from d2_edwpose.tools.benchmark import (
     build_benchmark_model,
+    _label,
     fix_num_detections,
     format_profile,
     format_table,
+    main,
     measure_latency,
     profile_components,
 )
@@ -52,8 +54,10 @@ def test_table_states_n_and_ratios():
         {"model": "x_vanilla", "optimized": True, "people": 20, "median_ms": 160.0, "p10_ms": 150.0, "p90_ms": 170.0, "params_m": 38.0, "gflops": 90.0},
         {"model": "x_dw", "optimized": True, "people": 20, "median_ms": 40.0, "p10_ms": 39.0, "p90_ms": 41.0, "params_m": 22.0, "gflops": 33.0},
         {"model": "detectron2 r50", "optimized": True, "people": 20, "median_ms": 320.0, "p10_ms": 310.0, "p90_ms": 330.0, "params_m": 59.0, "gflops": 102.0},
+        {"model": "x_dw", "runtime": "onnxruntime", "people": 20, "median_ms": 64.0, "p10_ms": 63.0, "p90_ms": 65.0, "params_m": 22.0, "gflops": 33.0},
     ]  # fmt: skip
     table = format_table(rows, 20, "cpu", (320, 320))
+    assert "| x_dw (onnxruntime) | 64 ms (63–65) | 15.6 | – | 6.25× |" in table
     assert "N = 20 people per image" in table
     assert "| x_dw | 80 ms (78–90) | 12.5 | 2.50× | 5.00× | 22.0 M | 33.0 |" in table
     assert "50 ms" not in table
@@ -72,3 +76,11 @@ def test_profile_times_every_part_and_removes_its_hooks():
     assert sum(profile[name] for name in parts) < profile["total"]
     assert not any(m._forward_hooks or m._forward_pre_hooks for m in model.modules())
     assert "| keypoint_rcnn_mv3_fpn_320_realtime | " in format_profile([("keypoint_rcnn_mv3_fpn_320_realtime", profile)], 3)
+
+
+def test_onnxruntime_rows_come_from_the_exported_model():
+    rows = main([str(REALTIME_CONFIG), "--onnxruntime", "--num-people", "3", "--warmup", "0", "--repeats", "2"])
+    assert [(_label(r), r["people"]) for r in rows] == [
+        ("keypoint_rcnn_mv3_fpn_320_realtime", 3),
+        ("keypoint_rcnn_mv3_fpn_320_realtime (onnxruntime)", 3),
+    ]

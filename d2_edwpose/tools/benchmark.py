@@ -13,7 +13,9 @@ fixes the work: no score threshold, no box NMS (IoU threshold 1.0) and
 ``TEST.DETECTIONS_PER_IMAGE = N``, so every model runs its keypoint head on exactly N people
 (checked on every run). Latency is the wall time of ``model([{"image": ...}])`` in eval mode
 under ``torch.no_grad()``, with CUDA synchronised when the model runs there, after warm-up.
-With ``--optimize`` every model is also measured after
+With ``--onnxruntime`` the ONNX export of each d2_edwpose model is also timed, at N, through
+the onnxruntime runner (:mod:`d2_edwpose.deploy.onnx_pose_runner`, pre- and post-processing
+included). With ``--optimize`` every model is also measured after
 :func:`d2_edwpose.modeling.optimize.optimize_for_inference`, in a row of its own; speed-ups
 "vs vanilla" compare rows of the same kind, "vs stock R50" always compare with detectron2's
 model as it is built (what its users run).
@@ -21,6 +23,7 @@ model as it is built (what its users run).
 import argparse
 import itertools
 import statistics
+import tempfile
 import time
 from pathlib import Path
 
@@ -198,6 +201,21 @@ def run_direct(args):
     variants = (False, True) if args.optimize else (False,)
     for name, cfg in _models(args):
         flops = analyze(cfg, name)
+
+        def row(times, num_people, **kind):
+            quantiles = statistics.quantiles(times, n=10)
+            return {
+                "model": name,
+                **kind,
+                "people": num_people,
+                "median_ms": 1000 * statistics.median(times),
+                "p10_ms": 1000 * quantiles[0],
+                "p90_ms": 1000 * quantiles[-1],
+                "params_m": flops["total_params"] / 1e6,
+                "gflops": flops["backbone_gflops"] + flops["rpn_gflops"]
+                + flops["box_head_gflops_at_test"] + num_people * flops["keypoint_head_gflops_per_roi"],
+            }
+
         for num_people, optimized in itertools.product(
             sorted(set(args.sweep) | {args.num_people}), variants
         ):
@@ -205,30 +223,37 @@ def run_direct(args):
             if optimized:
                 optimize_for_inference(model)
             times = measure_latency(model, image.to(model.device), num_people, args.warmup, args.repeats)
-            quantiles = statistics.quantiles(times, n=10)
-            rows.append(
-                {
-                    "model": name,
-                    "optimized": optimized,
-                    "people": num_people,
-                    "median_ms": 1000 * statistics.median(times),
-                    "p10_ms": 1000 * quantiles[0],
-                    "p90_ms": 1000 * quantiles[-1],
-                    "params_m": flops["total_params"] / 1e6,
-                    "gflops": flops["backbone_gflops"] + flops["rpn_gflops"]
-                    + flops["box_head_gflops_at_test"] + num_people * flops["keypoint_head_gflops_per_roi"],
-                }
-            )
+            rows.append(row(times, num_people, optimized=optimized))
             print(f"{_label(rows[-1])} N={num_people}: {rows[-1]['median_ms']:.1f} ms", flush=True)
             if args.profile and num_people == args.num_people:
                 profile = profile_components(model, image.to(model.device), args.warmup, args.repeats)
                 profiles.append((_label(rows[-1]), profile))
+        if args.onnxruntime and not name.startswith("detectron2 "):
+            rows.append(row(_onnxruntime_latency(cfg, image, args), args.num_people, runtime="onnxruntime"))
+            print(f"{_label(rows[-1])} N={args.num_people}: {rows[-1]['median_ms']:.1f} ms", flush=True)
     if profiles:
         print(format_profile(profiles, args.num_people))
     return rows
 
 
+def _onnxruntime_latency(cfg, image, args):
+    """Seconds per call of the ONNX export of the benchmark model run by the onnxruntime runner
+    (pre-processing, session, keypoint decoding and post-processing included)."""
+    from d2_edwpose.export import export_onnx, measure_onnxruntime_latency
+
+    model = build_benchmark_model(fix_num_detections(cfg.clone(), args.num_people))
+    with tempfile.TemporaryDirectory() as folder:
+        path = export_onnx(model, Path(folder) / "model.onnx")
+        return measure_onnxruntime_latency(path, image, args.num_people, args.warmup, args.repeats)
+
+
+def _kind(row):
+    return (row.get("optimized", False), row.get("runtime"))
+
+
 def _label(row):
+    if row.get("runtime"):
+        return f"{row['model']} ({row['runtime']})"
     return f"{row['model']} + optimize_for_inference" if row.get("optimized") else row["model"]
 
 
@@ -238,14 +263,12 @@ def _speedup(reference_ms, ms):
 
 def format_table(rows, num_people, device, size):
     rows = [r for r in rows if r["people"] == num_people]
-    vanilla = {
-        r.get("optimized", False): r["median_ms"] for r in rows if r["model"].endswith("_vanilla")
-    }
+    vanilla = {_kind(r): r["median_ms"] for r in rows if r["model"].endswith("_vanilla")}
     stock = next(
         (
             r["median_ms"]
             for r in rows
-            if r["model"].startswith("detectron2 ") and not r.get("optimized")
+            if r["model"].startswith("detectron2 ") and _kind(r) == (False, None)
         ),
         None,
     )
@@ -260,7 +283,7 @@ def format_table(rows, num_people, device, size):
         lines.append(
             f"| {_label(r)} | {r['median_ms']:.0f} ms ({r['p10_ms']:.0f}–{r['p90_ms']:.0f}) "
             f"| {1000 / r['median_ms']:.1f} "
-            f"| {_speedup(vanilla.get(r.get('optimized', False)), r['median_ms'])} "
+            f"| {_speedup(vanilla.get(_kind(r)), r['median_ms'])} "
             f"| {_speedup(stock, r['median_ms'])} "
             f"| {r['params_m']:.1f} M | {r['gflops']:.1f} |"
         )
@@ -276,7 +299,8 @@ def plot_sweep(rows, output_file, device):
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for name in dict.fromkeys(map(_label, rows)):
         points = sorted((r["people"], r["median_ms"]) for r in rows if _label(r) == name)
-        ax.plot(*zip(*points), marker="o", label=name)
+        if len(points) > 1:  # models measured at one N only (onnxruntime) are in the table
+            ax.plot(*zip(*points), marker="o", label=name)
     ax.set_xlabel("people detected per image (N)")
     ax.set_ylabel("latency per image, median (ms)")
     ax.set_title(f"Keypoint R-CNN at 320×320, batch 1, {device}, {torch.get_num_threads()} threads")
@@ -312,6 +336,12 @@ def main(argv=None):
         "--optimize",
         action="store_true",
         help="also measure every model after optimize_for_inference (a row of its own)",
+    )
+    parser.add_argument(
+        "--onnxruntime",
+        action="store_true",
+        help="also export each d2_edwpose model to ONNX and time the onnxruntime runner at "
+        "--num-people (needs onnx and onnxruntime)",
     )
     parser.add_argument(
         "--profile",

@@ -6,13 +6,11 @@
   channel, folded into the convolution's weight and bias (detectron2 :class:`Conv2d` with a
   ``norm``, and ``conv, norm`` pairs in ``nn.Sequential`` such as torchvision's
   ``Conv2dNormActivation`` in the MobileNetV3 blocks). It saves one pass over every feature map.
-* **expanded depthwise convs as plain depthwise convs** (CPU): a grouped conv with ``groups ==
-  in_channels`` and ``e > 1`` filters per input channel (EDWConv's depthwise conv) misses
-  oneDNN's depthwise kernel and runs ~25x slower than the same number of multiply-adds as a
-  plain depthwise conv (measured on 2 CPU cores: 18 ms against 0.7 ms for 20 RoIs of
-  512 x 14 x 14 with e = 2). Output channel ``c`` of such a conv filters input channel
-  ``c // e`` with its own filter, which is exactly a plain depthwise conv (same weight
-  tensor) on the input with every channel repeated e times.
+* **EDWConv's depthwise conv as a plain depthwise conv** (CPU): a grouped conv with
+  ``groups == in_channels`` and ``e > 1`` filters per input channel misses oneDNN's depthwise
+  kernel and runs ~9x slower than the same number of multiply-adds as a plain depthwise conv
+  (one thread, 20 RoIs of 512 x 14 x 14, e = 2: 38 ms against 4 ms). It is one: see
+  :class:`_TiledInputEDWConv`.
 * **channels-last memory format** (CPU): oneDNN's depthwise and 1x1 convolutions run faster
   on NHWC tensors, and the layout then propagates from conv to conv.
 * **threaded RoIAlign** (CPU): torchvision's CPU ``roi_align`` uses one thread whatever

@@ -12,7 +12,7 @@ from detectron2.checkpoint import DetectionCheckpointer
 
 from .modeling.backbone.mobilenetv3 import ARCHS, MobileNetV3
 
-__all__ = ["MOBILENETV3_PREFIX", "SafeCheckpointer", "convert_torchvision_mobilenetv3"]
+__all__ = ["MOBILENETV3_PREFIX", "SafeCheckpointer", "atomic_open", "convert_torchvision_mobilenetv3"]
 
 # Where the MobileNetV3 of build_mobilenetv3_fpn_backbone sits in a detectron2 model.
 MOBILENETV3_PREFIX = "backbone.bottom_up."
@@ -105,7 +105,7 @@ def _is_local(path):
 
 
 @contextlib.contextmanager
-def _atomic_open(path, mode, **kwargs):
+def atomic_open(path, mode, **kwargs):
     """Like ``open(path, mode)`` for writing, but the file appears under ``path`` only once it
     is complete: it is written to a temporary file in the same folder, flushed to disk and
     renamed over ``path`` (``os.replace`` is atomic). If the writer fails, ``path`` is left as
@@ -134,7 +134,7 @@ def _atomic_open(path, mode, **kwargs):
 
 class _AtomicWrites:
     """A path manager (iopath's interface) whose ``open(path, "w"/"wb")`` of a local file
-    writes atomically (:func:`_atomic_open`); everything else is the wrapped manager's."""
+    writes atomically (:func:`atomic_open`); everything else is the wrapped manager's."""
 
     def __init__(self, path_manager):
         self._path_manager = path_manager
@@ -144,7 +144,7 @@ class _AtomicWrites:
 
     def open(self, path, mode="r", **kwargs):
         if mode in ("w", "wb") and _is_local(path):
-            return _atomic_open(path, mode, **kwargs)
+            return atomic_open(path, mode, **kwargs)
         return self._path_manager.open(path, mode, **kwargs)
 
 

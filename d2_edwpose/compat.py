@@ -1,8 +1,8 @@
 """Compatibility shims for detectron2 0.6 on current PyTorch / Pillow, in one place.
 
 Every shim is applied by an import hook at the moment detectron2 imports the module it
-concerns, and only when the library needs it: with a full detectron2 build (compiled
-``detectron2._C``) and a Pillow that still has ``Image.LINEAR`` nothing is changed.
+concerns, and only where the library needs it (table below): on a current detectron2 built
+with its compiled ops, on a machine with CUDA, nothing is changed.
 
 =========================  ==========================================  =========================
 shim                       needed by                                   effect
@@ -42,6 +42,7 @@ import functools
 import importlib.abc
 import importlib.machinery
 import importlib.util
+import logging
 import sys
 import types
 
@@ -191,7 +192,13 @@ def _patch_engine_defaults(module):
 
         def load_state_dict(self, state_dict):
             super(trainer_class, self).load_state_dict(state_dict)
-            self._trainer.load_state_dict(state_dict["_trainer"])
+            if "_trainer" in state_dict:
+                self._trainer.load_state_dict(state_dict["_trainer"])
+            else:
+                logging.getLogger(__name__).warning(
+                    "The checkpoint has no optimizer state (written by detectron2 0.6 itself): "
+                    "the resumed run's SGD momentum starts from zero."
+                )
 
         for method in (state_dict, load_state_dict):
             method.__qualname__ = f"{trainer_class.__name__}.{method.__name__}"

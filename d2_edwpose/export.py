@@ -25,7 +25,6 @@ import contextlib
 import io
 import json
 import os
-import secrets
 import time
 import warnings
 from pathlib import Path
@@ -35,12 +34,13 @@ import torch
 from torch import nn
 
 from detectron2.export import TracingAdapter
-from detectron2.structures.keypoints import heatmaps_to_keypoints
 
+from .checkpoint import atomic_open
 from .deploy import onnx_pose_runner
 from .deploy.onnx_pose_runner import OnnxPoseRunner
 from .modeling.meta_arch import FixedInputSizeRCNN, resize_to_fixed_size
 from .modeling.optimize import ThreadedROIAlign
+from .modeling.roi_heads.keypoint_decoding import heatmaps_to_keypoints
 
 __all__ = [
     "ONNX_OPSET",
@@ -93,8 +93,9 @@ def _metadata(model, format_name):
 
 
 class _SingleImageKeypointHead(nn.Module):
-    """A keypoint head's inference for one image: its layers, then, if ``decode``, detectron2's
-    keypoint decoding; the heatmap logits are kept as ``pred_keypoint_heatmaps``.
+    """A keypoint head's inference for one image: its layers, then, if ``decode``, the keypoint
+    decoding of the project's head (detectron2's results); the heatmap logits are kept as
+    ``pred_keypoint_heatmaps``.
 
     Unlike the heads' own inference, it splits nothing by the number of detections per image,
     a Python int that a trace would freeze to the count of the tracing image.
@@ -152,19 +153,12 @@ def _tracing_adapter(model, keypoints_field):
 
 
 def _write_atomically(path, write):
-    """Call ``write(temporary_path)``, then rename that file to ``path``: readers see the old
-    file or the complete new one, never a partial one."""
+    """Call ``write(file)`` on a binary file that appears as ``path`` only once complete
+    (:func:`~d2_edwpose.checkpoint.atomic_open`); return ``path``."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    # In the same folder, so that os.replace is a rename; ``write`` creates the file, which
-    # then has the permissions of the umask (tempfile.mkstemp's would be 0600).
-    temporary = path.parent / f".{path.name}.{secrets.token_hex(4)}.tmp"
-    try:
-        write(str(temporary))
-        os.replace(temporary, path)
-    except BaseException:
-        temporary.unlink(missing_ok=True)
-        raise
+    with atomic_open(path, "wb") as f:
+        write(f)
     return path
 
 
@@ -195,7 +189,7 @@ def export_onnx(model, output_path):
     onnx.helper.set_model_props(proto, {onnx_pose_runner.METADATA_KEY: json.dumps(metadata)})
     onnx.checker.check_model(proto)
     data = proto.SerializeToString()
-    return _write_atomically(output_path, lambda temporary: Path(temporary).write_bytes(data))
+    return _write_atomically(output_path, lambda f: f.write(data))
 
 
 def export_torchscript(model, output_path):
@@ -208,7 +202,7 @@ def export_torchscript(model, output_path):
         traced = torch.jit.trace(adapter, adapter.flattened_inputs, check_trace=False)
     extra_files = {TORCHSCRIPT_METADATA_FILE: json.dumps(_metadata(model, TORCHSCRIPT_FORMAT))}
     return _write_atomically(
-        output_path, lambda temporary: torch.jit.save(traced, temporary, _extra_files=extra_files)
+        output_path, lambda f: torch.jit.save(traced, f, _extra_files=extra_files)
     )
 
 

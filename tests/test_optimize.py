@@ -1,5 +1,6 @@
 """optimize_for_inference changes how fast a model runs, not what it computes."""
 import copy
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import torch
@@ -78,7 +79,11 @@ def test_edwconv_as_a_plain_depthwise_conv_on_tiled_input(expand_factor, channel
     assert optimized(torch.zeros(0, 6, 7, 8)).shape == (0, 4, 7, 8)
 
 
-def test_threaded_roi_align_equals_roi_align():
+def test_threaded_roi_align_equals_roi_align(monkeypatch):
+    from d2_edwpose.modeling import optimize
+
+    pools = []
+    monkeypatch.setattr(optimize, "_executor", lambda n: pools.append(n) or ThreadPoolExecutor(n))
     torch.manual_seed(0)
     features = torch.randn(2, 16, 40, 40)
     corners = torch.rand(150, 2) * 100
@@ -94,6 +99,7 @@ def test_threaded_roi_align_equals_roi_align():
             assert torch.equal(threaded(channels_last, rois), stock(features, rois))
     finally:
         torch.set_num_threads(threads)
+    assert pools == [2, 2]  # both calls took the threaded path
 
 
 def test_refuses_a_model_in_training_mode():
@@ -129,12 +135,20 @@ def test_optimized_model_gives_the_same_detections(config):
     assert not any(
         isinstance(m, (nn.BatchNorm2d, FrozenBatchNorm2d)) for m in optimized.modules()
     )
+    kinds = [type(m).__name__ for m in optimized.modules()]
+    assert kinds.count("_TiledInputEDWConv") == len(cfg.MODEL.ROI_KEYPOINT_HEAD.CONV_DIMS)
+    assert kinds.count("ThreadedROIAlign") == 2 * len(cfg.MODEL.ROI_HEADS.IN_FEATURES)
     inputs = [
         {"image": torch.randint(0, 256, (3, 240, 360), dtype=torch.uint8, generator=generator)},
         {"image": torch.randint(0, 256, (3, 320, 320), dtype=torch.uint8, generator=generator)},
     ]
-    with torch.no_grad():
-        expected, actual = model(inputs), optimized(inputs)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)  # the threaded RoIAlign's path, whatever the machine
+    try:
+        with torch.no_grad():
+            expected, actual = model(inputs), optimized(inputs)
+    finally:
+        torch.set_num_threads(threads)
     for reference, result in zip(expected, actual):
         reference, result = reference["instances"], result["instances"]
         assert len(result) == len(reference) == 20

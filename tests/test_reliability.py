@@ -25,7 +25,7 @@ from detectron2.data.datasets.builtin_meta import _get_builtin_metadata
 from detectron2.modeling import build_model
 
 from d2_edwpose import add_edwpose_config
-from d2_edwpose.checkpoint import SafeCheckpointer, _atomic_open
+from d2_edwpose.checkpoint import SafeCheckpointer, atomic_open
 from d2_edwpose.config import validate_edwpose_config
 from d2_edwpose.data.checks import SampleLoadError, check_annotations
 from d2_edwpose.data.synthetic import generate_synthetic_keypoints, register_synthetic_keypoints
@@ -241,13 +241,13 @@ def test_atomic_write_leaves_the_previous_file_when_the_writer_fails(tmp_path):
     target = tmp_path / "last_checkpoint"
     target.write_text("model_0000002.pth")
     with pytest.raises(RuntimeError, match="died"):
-        with _atomic_open(str(target), "w") as f:
+        with atomic_open(str(target), "w") as f:
             f.write("model_0000005")
             raise RuntimeError("died half-way")
     assert target.read_text() == "model_0000002.pth"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["last_checkpoint"]
 
-    with _atomic_open(str(target), "w") as f:
+    with atomic_open(str(target), "w") as f:
         f.write("model_0000005.pth")
     assert target.read_text() == "model_0000005.pth"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["last_checkpoint"]
@@ -494,3 +494,16 @@ def test_soak_tool_reports_memory_growth(tmp_path):
     assert summary["rss_after_warmup_mib"] > 0 and summary["rss_end_mib"] > 0
     start, end = summary["rss_after_warmup_mib"], summary["rss_end_mib"]
     assert summary["rss_growth_percent"] == pytest.approx(100 * (end - start) / start, abs=0.1)
+
+    # Fewer images in the same folder (which keeps the 6 earlier files), and a limit any growth
+    # reaches: the run covers exactly the images asked for, and fails.
+    over_limit = subprocess.run(
+        [sys.executable, "-m", "d2_edwpose.tools.soak", "--num-images", "3", "--warmup", "1",
+         "--max-growth", "-1000", "--data-root", str(tmp_path / "images"), "MODEL.DEVICE", "cpu"],
+        capture_output=True, text=True, cwd=REPO_ROOT, env={**os.environ, **SINGLE_THREAD},
+        timeout=600,
+    )  # fmt: skip
+    assert over_limit.returncode == 1, over_limit.stderr[-3000:]
+    summary = next(line for line in over_limit.stdout.splitlines() if line.startswith("{"))
+    assert json.loads(summary)["images"] == 3
+    assert "Resident memory grew by" in over_limit.stdout + over_limit.stderr

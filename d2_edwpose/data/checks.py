@@ -37,11 +37,17 @@ class ReportingMapper:
         try:
             return self.mapper(dataset_dict)
         except Exception as e:
-            raise SampleLoadError(
-                f"Cannot load the image {dataset_dict.get('file_name')!r} "
-                f"(image_id {dataset_dict.get('image_id')!r}): {type(e).__name__}: {e}. "
-                "Replace or remove the file, or its entry in the dataset's annotations."
-            ) from e
+            sample = (
+                f"{dataset_dict.get('file_name')!r} (image_id {dataset_dict.get('image_id')!r})"
+            )
+            # Unreadable or corrupt files fail in PIL/OpenCV with OSError (PIL's
+            # UnidentifiedImageError is one) or ValueError; other errors are the mapper's own.
+            if isinstance(e, (OSError, ValueError)):
+                raise SampleLoadError(
+                    f"Cannot load the image {sample}: {type(e).__name__}: {e}. Replace or remove "
+                    "the file, or its entry in the dataset's annotations."
+                ) from e
+            raise SampleLoadError(f"Mapping the sample {sample} failed: {type(e).__name__}: {e}") from e
 
 
 def _describe(record, index):

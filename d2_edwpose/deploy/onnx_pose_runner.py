@@ -39,7 +39,6 @@ import sys
 
 import cv2
 import numpy as np
-import onnxruntime
 
 __all__ = [
     "ExportedModelError",
@@ -256,6 +255,10 @@ class OnnxPoseRunner:
             num_threads: onnxruntime's intra-op threads; None for its default (one per
                 physical core).
         """
+        # Here rather than at the top: the exporter imports this module's constants, and
+        # exporting (e.g. to TorchScript) needs no onnxruntime.
+        import onnxruntime
+
         path = os.fspath(onnx_path)
         if not os.path.isfile(path):
             raise FileNotFoundError(f"{path}: no such ONNX file")

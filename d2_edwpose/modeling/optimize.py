@@ -9,8 +9,9 @@
 * **EDWConv's depthwise conv as a plain depthwise conv** (CPU): a grouped conv with
   ``groups == in_channels`` and ``e > 1`` filters per input channel misses oneDNN's depthwise
   kernel and runs ~9x slower than the same number of multiply-adds as a plain depthwise conv
-  (one thread, 20 RoIs of 512 x 14 x 14, e = 2: 38 ms against 4 ms). It is one: see
-  :class:`_TiledInputEDWConv`.
+  (one thread, 20 RoIs of 512 x 14 x 14, e = 2: 38 ms against 4 ms). EDWConv's depthwise
+  conv is exactly a plain depthwise conv over its input tiled e times along channels (see
+  :class:`_TiledInputEDWConv`).
 * **channels-last memory format** (CPU): oneDNN's depthwise and 1x1 convolutions run faster
   on NHWC tensors, and the layout then propagates from conv to conv.
 * **threaded RoIAlign** (CPU): torchvision's CPU ``roi_align`` uses one thread whatever
@@ -23,6 +24,7 @@ Each rewrite gives the same result up to float rounding (folding reorders a prod
 """
 import functools
 import logging
+import os
 from concurrent.futures import ThreadPoolExecutor
 
 import torch
@@ -145,6 +147,10 @@ def _replace_edwconvs(model: nn.Module) -> int:
 @functools.lru_cache(maxsize=None)
 def _executor(num_threads: int) -> ThreadPoolExecutor:
     return ThreadPoolExecutor(num_threads, thread_name_prefix="d2_edwpose_roi_align")
+
+
+# A forked child (e.g. a DataLoader worker) inherits the pool without its threads.
+os.register_at_fork(after_in_child=_executor.cache_clear)
 
 
 class ThreadedROIAlign(ROIAlign):

@@ -15,32 +15,13 @@ The .pkl holds ``{"model": {name: numpy array}, "__author__": "torchvision",
 import argparse
 import os
 import pickle
-import secrets
 import sys
 
 import torch
 
-from d2_edwpose.checkpoint import convert_torchvision_mobilenetv3
+from d2_edwpose.checkpoint import atomic_open, convert_torchvision_mobilenetv3
 
 __all__ = ["main"]
-
-
-def _write_atomically(obj, path):
-    """Pickle ``obj`` to ``path`` so that no reader ever sees a partial file."""
-    directory, name = os.path.split(os.path.abspath(path))
-    # Same directory, so that os.replace is a rename; "x" mode creates the file with the
-    # permissions of the umask, which the final file keeps.
-    temporary = os.path.join(directory, f".{name}.{secrets.token_hex(4)}.tmp")
-    try:
-        with open(temporary, "xb") as f:
-            pickle.dump(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        if os.path.exists(temporary):
-            os.remove(temporary)
-        raise
 
 
 def main(argv=None):
@@ -81,7 +62,8 @@ def main(argv=None):
         "matching_heuristics": False,
     }
     try:
-        _write_atomically(checkpoint, args.output)
+        with atomic_open(args.output, "wb") as f:
+            pickle.dump(checkpoint, f)
     except OSError as e:
         fail(f"cannot write {args.output}: {e}")
     print(f"Wrote {len(weights)} tensors from {args.input} to {args.output}")

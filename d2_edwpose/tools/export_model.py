@@ -20,12 +20,13 @@ from pathlib import Path
 
 import cv2
 
-from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.config import get_cfg
 from detectron2.modeling import build_model
 from detectron2.utils.logger import setup_logger
 
 from d2_edwpose import add_edwpose_config
+from d2_edwpose.checkpoint import SafeCheckpointer
+from d2_edwpose.config import validate_edwpose_config
 from d2_edwpose.deploy.onnx_pose_runner import OnnxPoseRunner
 from d2_edwpose.export import (
     compare_torchscript_with_pytorch,
@@ -51,6 +52,7 @@ def setup_cfg(config_file, opts):
     add_edwpose_config(cfg)
     cfg.merge_from_file(config_file)
     cfg.merge_from_list(opts)
+    validate_edwpose_config(cfg)
     # A trace records the device of its tensors; deployment targets are CPUs.
     cfg.MODEL.DEVICE = "cpu"
     cfg.freeze()
@@ -67,6 +69,10 @@ def _read_images(paths):
             files.append(path)
         else:
             raise FileNotFoundError(f"--verify {path}: no such file or folder")
+    if not files:
+        raise FileNotFoundError(
+            f"--verify {' '.join(map(str, paths))}: no image files ({', '.join(sorted(IMAGE_SUFFIXES))})"
+        )
     images = []
     for path in files:
         image = cv2.imread(str(path))
@@ -89,7 +95,12 @@ def verify(model, written, images):
     report, failures = {}, []
     if "onnx" in written:
         report["onnx"] = compare_with_pytorch(model, OnnxPoseRunner(written["onnx"]), images)
-        limits = [("box_px", MAX_PX_DIFFERENCE), ("keypoint_px", MAX_PX_DIFFERENCE), ("score", MAX_SCORE_DIFFERENCE)]
+        limits = [
+            ("box_px", MAX_PX_DIFFERENCE),
+            ("keypoint_px", MAX_PX_DIFFERENCE),
+            ("score", MAX_SCORE_DIFFERENCE),
+            ("keypoint_score", MAX_SCORE_DIFFERENCE),
+        ]
         failures += _failures(written["onnx"], report["onnx"], limits)
     if "torchscript" in written:
         module, _ = load_torchscript(written["torchscript"])
@@ -122,7 +133,8 @@ def main(argv=None):
     model = build_model(cfg).eval()
     if not cfg.MODEL.WEIGHTS:
         logger.warning("MODEL.WEIGHTS is empty: exporting randomly initialised weights")
-    DetectionCheckpointer(model).load(cfg.MODEL.WEIGHTS)
+    # Missing or foreign weights are an error naming MODEL.WEIGHTS, as in train_net.py.
+    SafeCheckpointer(model).resume_or_load(cfg.MODEL.WEIGHTS, resume=False)
 
     exporters = {"onnx": export_onnx, "torchscript": export_torchscript}
     written = {}

@@ -72,7 +72,9 @@ def main(argv=None):
     cfg.freeze()
 
     root = generate_synthetic_keypoints(args.data_root, num_train=0, num_val=args.num_images)
-    images = sorted(Path(root, "val").glob("*.jpg"))
+    # The generated split's own file list: the folder may hold more images from an earlier run.
+    with open(Path(root, "annotations", "person_keypoints_val.json")) as f:
+        images = [Path(root, "val", image["file_name"]) for image in json.load(f)["images"]]
     predictor = DefaultPredictor(cfg)
 
     start = time.perf_counter()

@@ -1,13 +1,11 @@
 """A light box head for the realtime config: detectron2's conv+fc box head with separable convs."""
-from functools import partial
-
 from torch import nn
 
 from detectron2.config import configurable
 from detectron2.layers import get_norm
 from detectron2.modeling.roi_heads.box_head import ROI_BOX_HEAD_REGISTRY, FastRCNNConvFCHead
 
-from ...layers import DWConv, EDWConv, is_valid_expand_factor, xavier_fill
+from ...layers import conv_class_of_type, xavier_fill
 
 __all__ = ["FastRCNNSeparableConvFCHead"]
 
@@ -33,24 +31,9 @@ class FastRCNNSeparableConvFCHead(FastRCNNConvFCHead):
             conv_type (str): "vanilla", "dw" or "edw" (``MODEL.ROI_BOX_HEAD.CONV_TYPE``).
             expand_factor (int >= 1): e of "edw" (``MODEL.ROI_BOX_HEAD.EXPAND_FACTOR``).
         """
-        conv_classes = {
-            "vanilla": None,
-            "dw": DWConv,
-            "edw": partial(EDWConv, expand_factor=expand_factor),
-        }
-        if conv_type not in conv_classes:
-            raise ValueError(
-                "MODEL.ROI_BOX_HEAD.CONV_TYPE (conv_type) must be one of "
-                f"{', '.join(map(repr, conv_classes))}; got {conv_type!r}"
-            )
-        if not is_valid_expand_factor(expand_factor):
-            raise ValueError(
-                "MODEL.ROI_BOX_HEAD.EXPAND_FACTOR (expand_factor) must be an integer >= 1; "
-                f"got {expand_factor!r}"
-            )
+        conv_class = conv_class_of_type(conv_type, expand_factor, "MODEL.ROI_BOX_HEAD")
         super().__init__(input_shape, conv_dims=conv_dims, fc_dims=fc_dims, conv_norm=conv_norm)
-        conv_class = conv_classes[conv_type]
-        if conv_class is None:
+        if conv_type == "vanilla":  # the stock head, MSRA init included
             return
         # The stock convs are small (conv_dims x conv_dims x 3 x 3): replaced in place, under the
         # same names, so that the module order of the nn.Sequential (its forward) is kept.

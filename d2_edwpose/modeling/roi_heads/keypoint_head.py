@@ -1,16 +1,14 @@
 """The keypoint head of the paper: detectron2's stock head with a choice of convolution."""
-from functools import partial
-
 from torch import nn
 
 from detectron2.config import configurable
-from detectron2.layers import Conv2d, ConvTranspose2d
+from detectron2.layers import ConvTranspose2d
 from detectron2.modeling.roi_heads.keypoint_head import (
     ROI_KEYPOINT_HEAD_REGISTRY,
     KRCNNConvDeconvUpsampleHead,
 )
 
-from ...layers import DWConv, EDWConv, is_valid_expand_factor, xavier_fill
+from ...layers import conv_class_of_type, xavier_fill
 from .keypoint_decoding import keypoint_rcnn_inference
 
 __all__ = ["KRCNNSeparableConvDeconvUpsampleHead"]
@@ -48,22 +46,7 @@ class KRCNNSeparableConvDeconvUpsampleHead(KRCNNConvDeconvUpsampleHead):
                 "vanilla" and "dw" ignore it, but it is checked whatever the type, so that a
                 bad config fails at once rather than when the type is switched to "edw".
         """
-        conv_classes = {
-            "vanilla": Conv2d,
-            "dw": DWConv,
-            "edw": partial(EDWConv, expand_factor=expand_factor),
-        }
-        if conv_type not in conv_classes:
-            raise ValueError(
-                "MODEL.ROI_KEYPOINT_HEAD.CONV_TYPE (conv_type) must be one of "
-                f"{', '.join(map(repr, conv_classes))}; got {conv_type!r}"
-            )
-        if not is_valid_expand_factor(expand_factor):
-            raise ValueError(
-                "MODEL.ROI_KEYPOINT_HEAD.EXPAND_FACTOR (expand_factor) must be an integer >= 1; "
-                f"got {expand_factor!r}"
-            )
-        conv_class = conv_classes[conv_type]
+        conv_class = conv_class_of_type(conv_type, expand_factor, "MODEL.ROI_KEYPOINT_HEAD")
 
         # KRCNNConvDeconvUpsampleHead.__init__ hard-codes vanilla convs and MSRA init, so it is
         # skipped (letting it build convs to replace them would allocate and initialize ~18M

@@ -25,7 +25,6 @@ import contextlib
 import io
 import json
 import os
-import time
 import warnings
 from pathlib import Path
 
@@ -37,7 +36,6 @@ from detectron2.export import TracingAdapter
 
 from .checkpoint import atomic_open
 from .deploy import onnx_pose_runner
-from .deploy.onnx_pose_runner import OnnxPoseRunner
 from .modeling.meta_arch import FixedInputSizeRCNN, resize_to_fixed_size
 from .modeling.optimize import ThreadedROIAlign
 from .modeling.roi_heads.keypoint_decoding import heatmaps_to_keypoints
@@ -52,7 +50,6 @@ __all__ = [
     "load_torchscript",
     "compare_with_pytorch",
     "compare_torchscript_with_pytorch",
-    "measure_onnxruntime_latency",
 ]
 
 # RoiAlign's half-pixel mode, which detectron2's aligned RoIAlign exports to, needs opset 16;
@@ -235,12 +232,6 @@ def _model_input(image, input_format):
     return torch.as_tensor(np.ascontiguousarray(image.transpose(2, 0, 1)))
 
 
-def _bgr(image, input_format):
-    """A (H, W, 3) BGR numpy image from a (3, H, W) tensor in ``input_format``."""
-    image = image.permute(1, 2, 0).cpu().numpy()
-    return np.ascontiguousarray(image[:, :, ::-1] if input_format == "RGB" else image)
-
-
 def _largest_difference(a, b):
     return float(np.abs(np.asarray(a, dtype=np.float64) - np.asarray(b, dtype=np.float64)).max(initial=0.0))
 
@@ -308,34 +299,3 @@ def compare_torchscript_with_pytorch(model, module, images):
         for name, a, b in zip(TORCHSCRIPT_OUTPUT_NAMES, expected, found):
             stats[name] = max(stats[name], _largest_difference(a.cpu(), b.cpu()))
     return stats
-
-
-def measure_onnxruntime_latency(onnx_path, image, num_people, warmup, repeats, num_threads=None):
-    """Seconds per end-to-end call of the onnxruntime runner, one per repeat, as
-    :func:`d2_edwpose.tools.benchmark.measure_latency` measures PyTorch.
-
-    Args:
-        onnx_path: an export of a model, e.g. of ``build_benchmark_model(fix_num_detections(
-            cfg, num_people))``, which detects exactly ``num_people`` people in every image.
-        image: (3, H, W) uint8 tensor in the model's ``INPUT.FORMAT``, as ``measure_latency``
-            takes it.
-        num_people: the number of detections every call must return (checked).
-        num_threads: onnxruntime's intra-op threads; default: PyTorch's, so that both run on
-            the same cores.
-
-    A call is what a deployed model does per image: pre-processing (resize, channel order),
-    the onnxruntime session, keypoint decoding and scaling back to the image.
-    """
-    runner = OnnxPoseRunner(onnx_path, num_threads=num_threads or torch.get_num_threads())
-    image = _bgr(image, runner.input_format)
-    times = []
-    for i in range(warmup + repeats):
-        start = time.perf_counter()
-        poses = runner(image)
-        elapsed = time.perf_counter() - start
-        found = len(poses["scores"])
-        if found != num_people:
-            raise RuntimeError(f"expected {num_people} detections, the ONNX model returned {found}")
-        if i >= warmup:
-            times.append(elapsed)
-    return times

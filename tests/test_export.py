@@ -28,13 +28,16 @@ from d2_edwpose.export import (
     export_onnx,
     export_torchscript,
     load_torchscript,
-    measure_onnxruntime_latency,
 )
 from d2_edwpose.modeling.meta_arch import resize_to_fixed_size
 from d2_edwpose.modeling.optimize import optimize_for_inference
 from d2_edwpose.tools import export_model
 from d2_edwpose.tools.analyze_model import load_config
-from d2_edwpose.tools.benchmark import build_benchmark_model, fix_num_detections
+from d2_edwpose.tools.benchmark import (
+    build_benchmark_model,
+    fix_num_detections,
+    measure_onnxruntime_latency,
+)
 
 from conftest import REPO_ROOT
 

@@ -27,6 +27,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from detectron2 import model_zoo
@@ -44,7 +45,7 @@ from d2_edwpose.tools.analyze_model import (
     load_config,
 )
 
-__all__ = ["fix_num_detections", "measure_latency", "main"]
+__all__ = ["fix_num_detections", "measure_latency", "measure_onnxruntime_latency", "main"]
 
 
 def fix_num_detections(cfg, num_people):
@@ -82,23 +83,60 @@ def _synchronize(device):
         torch.cuda.synchronize(device)
 
 
+def _time_calls(call, num_people, warmup, repeats, what):
+    """Seconds per ``call()`` -- which returns its number of detections, checked against
+    ``num_people`` -- one per repeat after ``warmup`` calls."""
+    times = []
+    for i in range(warmup + repeats):
+        start = time.perf_counter()
+        found = call()
+        elapsed = time.perf_counter() - start
+        if found != num_people:
+            raise RuntimeError(f"expected {num_people} detections, {what} returned {found}")
+        if i >= warmup:
+            times.append(elapsed)
+    return times
+
+
 @torch.no_grad()
 def measure_latency(model, image, num_people, warmup, repeats):
     """Seconds per call of ``model`` on ``image``, one per repeat; checks the detections."""
     inputs = [{"image": image}]
-    times = []
-    for i in range(warmup + repeats):
-        _synchronize(model.device)
-        start = time.perf_counter()
+
+    def call():
         (output,) = model(inputs)
         _synchronize(model.device)
-        elapsed = time.perf_counter() - start
-        found = len(output["instances"])
-        if found != num_people:
-            raise RuntimeError(f"expected {num_people} detections, the model returned {found}")
-        if i >= warmup:
-            times.append(elapsed)
-    return times
+        return len(output["instances"])
+
+    _synchronize(model.device)
+    return _time_calls(call, num_people, warmup, repeats, "the model")
+
+
+def measure_onnxruntime_latency(onnx_path, image, num_people, warmup, repeats, num_threads=None):
+    """Seconds per end-to-end call of the onnxruntime runner, one per repeat, as
+    :func:`measure_latency` measures PyTorch.
+
+    Args:
+        onnx_path: an export of a model, e.g. of ``build_benchmark_model(fix_num_detections(
+            cfg, num_people))``, which detects exactly ``num_people`` people in every image.
+        image: (3, H, W) uint8 tensor in the model's ``INPUT.FORMAT``, as ``measure_latency``
+            takes it.
+        num_people: the number of detections every call must return (checked).
+        num_threads: onnxruntime's intra-op threads; default: PyTorch's, so that both run on
+            the same cores.
+
+    A call is what a deployed model does per image: pre-processing (resize, channel order),
+    the onnxruntime session, keypoint decoding and scaling back to the image.
+    """
+    from d2_edwpose.deploy.onnx_pose_runner import OnnxPoseRunner
+
+    runner = OnnxPoseRunner(onnx_path, num_threads=num_threads or torch.get_num_threads())
+    # The runner takes images as OpenCV reads them: (H, W, 3) BGR.
+    image = image.permute(1, 2, 0).cpu().numpy()
+    image = np.ascontiguousarray(image[:, :, ::-1] if runner.input_format == "RGB" else image)
+    return _time_calls(
+        lambda: len(runner(image)["scores"]), num_people, warmup, repeats, "the ONNX model"
+    )
 
 
 def _component_modules(model):
@@ -241,7 +279,7 @@ def run_direct(args):
 def _onnxruntime_latency(cfg, image, args):
     """Seconds per call of the ONNX export of the benchmark model run by the onnxruntime runner
     (pre-processing, session, keypoint decoding and post-processing included)."""
-    from d2_edwpose.export import export_onnx, measure_onnxruntime_latency
+    from d2_edwpose.export import export_onnx
 
     model = build_benchmark_model(fix_num_detections(cfg.clone(), args.num_people))
     with tempfile.TemporaryDirectory() as folder:

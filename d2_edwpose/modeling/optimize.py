@@ -134,14 +134,24 @@ class _TiledInputEDWConv(nn.Module):
         return self.pointwise(self.depthwise(tiled))
 
 
-def _replace_edwconvs(model: nn.Module) -> int:
+def _replace_modules(model: nn.Module, replacement) -> int:
+    """Replace every submodule ``m`` for which ``replacement(m)`` is not None by it; returns
+    how many were replaced."""
     replaced = 0
     for parent in list(model.modules()):
         for name, child in list(parent.named_children()):
-            if isinstance(child, EDWConv) and child.depthwise.groups < child.depthwise.out_channels:
-                setattr(parent, name, _TiledInputEDWConv(child))
+            new = replacement(child)
+            if new is not None:
+                setattr(parent, name, new)
                 replaced += 1
     return replaced
+
+
+def _tiled_input_edwconv(module):
+    # DWConv (e = 1) already is a plain depthwise conv.
+    if isinstance(module, EDWConv) and module.depthwise.groups < module.depthwise.out_channels:
+        return _TiledInputEDWConv(module)
+    return None
 
 
 @functools.lru_cache(maxsize=None)
@@ -173,17 +183,12 @@ class ThreadedROIAlign(ROIAlign):
         return torch.cat(list(pooled))
 
 
-def _thread_roi_align(model: nn.Module) -> int:
-    replaced = 0
-    for parent in list(model.modules()):
-        for name, child in list(parent.named_children()):
-            if type(child) is ROIAlign:
-                threaded = ThreadedROIAlign(
-                    child.output_size, child.spatial_scale, child.sampling_ratio, child.aligned
-                )
-                setattr(parent, name, threaded)
-                replaced += 1
-    return replaced
+def _threaded_roi_align(module):
+    if type(module) is ROIAlign:
+        return ThreadedROIAlign(
+            module.output_size, module.spatial_scale, module.sampling_ratio, module.aligned
+        )
+    return None
 
 
 def optimize_for_inference(model: nn.Module, device=None) -> nn.Module:
@@ -204,8 +209,8 @@ def optimize_for_inference(model: nn.Module, device=None) -> nn.Module:
     device = torch.device(device) if device is not None else next(model.parameters()).device
     counts = {"folded norms": fold_conv_norms(model)}
     if device.type == "cpu":
-        counts["EDWConvs"] = _replace_edwconvs(model)
-        counts["threaded RoIAligns"] = _thread_roi_align(model)
+        counts["EDWConvs"] = _replace_modules(model, _tiled_input_edwconv)
+        counts["threaded RoIAligns"] = _replace_modules(model, _threaded_roi_align)
         model.to(memory_format=torch.channels_last)
     logger.info(
         "optimize_for_inference (%s): %s",

@@ -37,7 +37,6 @@ from detectron2.export import TracingAdapter
 from .checkpoint import atomic_open
 from .deploy import onnx_pose_runner
 from .modeling.meta_arch import FixedInputSizeRCNN, resize_to_fixed_size
-from .modeling.optimize import ThreadedROIAlign
 from .modeling.roi_heads.keypoint_decoding import heatmaps_to_keypoints
 
 __all__ = [
@@ -70,13 +69,6 @@ def _check_exportable(model):
         raise ValueError("the model has no keypoint head (MODEL.KEYPOINT_ON is False)")
     if model.input_format not in ("RGB", "BGR"):
         raise ValueError(f"INPUT.FORMAT={model.input_format!r}: only RGB and BGR can be exported")
-    threaded = [name for name, module in model.named_modules() if isinstance(module, ThreadedROIAlign)]
-    if threaded:
-        raise ValueError(
-            f"{threaded[0]} is optimize_for_inference's threaded RoIAlign, which splits the RoIs "
-            "by their number, a count the trace would freeze: export the model before "
-            "optimize_for_inference (onnxruntime optimises the graph itself)"
-        )
 
 
 def _metadata(model, format_name):

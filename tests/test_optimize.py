@@ -1,20 +1,22 @@
 """optimize_for_inference changes how fast a model runs, not what it computes."""
 import copy
-from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import torch
 from torch import nn
+from torch.nn import functional as F
 
-from detectron2.layers import Conv2d, FrozenBatchNorm2d, ROIAlign
+from detectron2.layers import Conv2d, FrozenBatchNorm2d, ShapeSpec
 from detectron2.modeling import build_model
+from detectron2.modeling.backbone import Backbone
+from detectron2.modeling.backbone.fpn import FPN
+from detectron2.modeling.poolers import ROIPooler
+from detectron2.structures import Boxes
 
 from d2_edwpose.layers import DWConv, EDWConv
-from d2_edwpose.modeling.optimize import (
-    ThreadedROIAlign,
-    fold_conv_norms,
-    optimize_for_inference,
-)
+from d2_edwpose.modeling import optimize
+from d2_edwpose.modeling.optimize import fold_conv_norms, optimize_for_inference
+from d2_edwpose.modeling.roi_pooling import ChannelsLastROIPooler
 from d2_edwpose.tools.analyze_model import CONFIG_DIR, REALTIME_CONFIG, load_config
 from d2_edwpose.tools.benchmark import fix_num_detections
 
@@ -60,7 +62,7 @@ def test_keeps_norms_that_do_not_act_as_a_fixed_affine_map():
 
 @pytest.mark.parametrize("expand_factor", [2, 3])
 @pytest.mark.parametrize("channels_last", [False, True])
-def test_edwconv_as_a_plain_depthwise_conv_on_tiled_input(expand_factor, channels_last):
+def test_edwconv_as_summed_depthwise_separable_convs(expand_factor, channels_last):
     torch.manual_seed(0)
     edw = nn.Sequential(
         EDWConv(6, 5, 3, padding=1, expand_factor=expand_factor, activation=nn.ReLU()),
@@ -70,8 +72,8 @@ def test_edwconv_as_a_plain_depthwise_conv_on_tiled_input(expand_factor, channel
     x = torch.randn(3, 6, 7, 8)
     expected = edw(x)
     optimized = optimize_for_inference(copy.deepcopy(edw), device="cpu")
-    assert type(optimized[0]).__name__ == "_TiledInputEDWConv"
-    assert optimized[0].depthwise.groups == 6 * expand_factor
+    assert type(optimized[0]).__name__ == "_SplitEDWConv"
+    assert [conv.groups for conv in optimized[0].depthwise] == [6] * expand_factor
     assert isinstance(optimized[1], DWConv)  # already a plain depthwise conv
     if channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
@@ -79,27 +81,102 @@ def test_edwconv_as_a_plain_depthwise_conv_on_tiled_input(expand_factor, channel
     assert optimized(torch.zeros(0, 6, 7, 8)).shape == (0, 4, 7, 8)
 
 
-def test_threaded_roi_align_equals_roi_align(monkeypatch):
-    from d2_edwpose.modeling import optimize
+def random_boxes(generator, count, image_size):
+    """Boxes of every kind RoIAlign meets: inside, across and outside the image borders,
+    elongated, tiny, empty and inverted."""
+    corners = torch.rand(count, 2, generator=generator) * (image_size + 80) - 40
+    sizes = torch.rand(count, 2, generator=generator) * torch.tensor([image_size * 0.9, 30.0])
+    sizes[count // 2 :] = sizes[count // 2 :].flip(1)
+    sizes[:4] = torch.tensor([[0.0, 0.0], [0.3, 0.2], [-3.0, 5.0], [2.0, -1.0]])
+    return Boxes(torch.cat([corners, corners + sizes], dim=1))
 
-    pools = []
-    monkeypatch.setattr(optimize, "_executor", lambda n: pools.append(n) or ThreadPoolExecutor(n))
+
+@pytest.mark.parametrize("pooler_type", ["ROIAlignV2", "ROIAlign"])
+@pytest.mark.parametrize("sampling_ratio", [0, 2])
+@pytest.mark.parametrize("output_size", [7, 14])
+def test_channels_last_roi_pooler_equals_detectrons(pooler_type, sampling_ratio, output_size):
+    generator = torch.Generator().manual_seed(0)
+    strides = (4, 8, 16, 32)
+    stock = ROIPooler(output_size, [1 / s for s in strides], sampling_ratio, pooler_type)
+    ours = ChannelsLastROIPooler.from_pooler(stock)
+    features = [torch.randn(2, 16, 160 // s, 192 // s, generator=generator) for s in strides]
+    box_lists = [random_boxes(generator, 150, 160), random_boxes(generator, 90, 192)]
+    with torch.no_grad():
+        expected = stock(features, box_lists)
+        for layout in (torch.contiguous_format, torch.channels_last):
+            pooled = ours([f.contiguous(memory_format=layout) for f in features], box_lists)
+            assert pooled.is_contiguous(memory_format=torch.channels_last)
+            torch.testing.assert_close(pooled, expected, rtol=0, atol=1e-5)
+        # One level: every box on it.
+        single = ROIPooler(output_size, [1 / 8], sampling_ratio, pooler_type)
+        torch.testing.assert_close(
+            ChannelsLastROIPooler.from_pooler(single)(features[1:2], box_lists),
+            single(features[1:2], box_lists),
+            rtol=0,
+            atol=1e-5,
+        )
+        empty = [Boxes(torch.zeros(0, 4)), Boxes(torch.zeros(0, 4))]
+        assert ours(features, empty).shape == (0, 16, output_size, output_size)
+    # Autograd takes detectron2's path.
+    assert torch.equal(ours(features, box_lists), stock(features, box_lists))
+
+
+def test_only_roi_align_poolers_are_replaced():
+    assert ChannelsLastROIPooler.supports(ROIPooler(7, [1 / 4], 0, "ROIAlignV2"))
+    assert not ChannelsLastROIPooler.supports(ROIPooler(7, [1 / 4], 0, "ROIPool"))
+    assert not ChannelsLastROIPooler.supports(ROIPooler(7, [1 / 4], 0, "ROIAlignRotated"))
+
+
+@pytest.mark.skipif(not torch._nnpack_available(), reason="this PyTorch has no NNPACK")
+def test_winograd_convs_on_large_maps_equal_the_convs(monkeypatch):
+    calls = []
+    nnpack = torch._nnpack_spatial_convolution
+    monkeypatch.setattr(
+        torch, "_nnpack_spatial_convolution", lambda x, *args: calls.append(x.shape) or nnpack(x, *args)
+    )
     torch.manual_seed(0)
-    features = torch.randn(2, 16, 40, 40)
-    corners = torch.rand(150, 2) * 100
-    boxes = torch.cat([corners, corners + 5 + torch.rand(150, 2) * 60], dim=1)
-    rois = torch.cat([torch.randint(0, 2, (150, 1)).float(), boxes], dim=1)
-    stock, threaded = ROIAlign((7, 7), 0.25, 0), ThreadedROIAlign((7, 7), 0.25, 0)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(2)
-    try:
-        with torch.no_grad():
-            assert torch.equal(threaded(features, rois), stock(features, rois))
-            channels_last = features.contiguous(memory_format=torch.channels_last)
-            assert torch.equal(threaded(channels_last, rois), stock(features, rois))
-    finally:
-        torch.set_num_threads(threads)
-    assert pools == [2, 2]  # both calls took the threaded path
+    model = nn.Sequential(
+        Conv2d(8, 8, 3, padding=1, activation=nn.ReLU()),
+        nn.Conv2d(8, 6, 3, padding=1),
+        nn.Conv2d(6, 6, 3, stride=2, padding=1),  # strided: stays as it is
+    ).eval()
+    inputs = [torch.randn(1, 8, size, size) for size in (48, 20)]
+    with torch.no_grad():
+        expected = [model(x) for x in inputs]
+        optimized = optimize_for_inference(copy.deepcopy(model), device="cpu")
+        kinds = [type(m).__name__ for m in optimized]
+        assert kinds == ["_WinogradConv2d", "_WinogradConv2d", "Conv2d"]
+        for x, reference in zip(inputs, expected):
+            channels_last = x.contiguous(memory_format=torch.channels_last)
+            torch.testing.assert_close(optimized(channels_last), reference, rtol=1e-4, atol=1e-4)
+    # Only the 48x48 maps (over 40x40 pixels) took NNPACK.
+    assert calls == [(1, 8, 48, 48), (1, 8, 48, 48)]
+
+
+def test_module_lists_that_forwards_iterate_are_updated():
+    torch.manual_seed(0)
+    fpn = FPN(bottom_up=_TwoLevelBackbone(), in_features=["c1", "c2"], out_channels=8).eval()
+    x = torch.randn(1, 3, 96, 96)
+    with torch.no_grad():
+        expected = fpn(x)
+        optimize._replace_modules(fpn, optimize._winograd_conv)
+        assert all(type(conv).__name__ == "_WinogradConv2d" for conv in fpn.output_convs)
+        for name, features in fpn(x).items():
+            torch.testing.assert_close(features, expected[name], rtol=1e-4, atol=1e-4)
+
+
+class _TwoLevelBackbone(Backbone):
+    def __init__(self):
+        super().__init__()
+        self.c1 = nn.Conv2d(3, 4, 3, stride=2, padding=1)
+        self.c2 = nn.Conv2d(4, 4, 3, stride=2, padding=1)
+
+    def forward(self, x):
+        c1 = self.c1(x)
+        return {"c1": c1, "c2": self.c2(c1)}
+
+    def output_shape(self):
+        return {"c1": ShapeSpec(channels=4, stride=2), "c2": ShapeSpec(channels=4, stride=4)}
 
 
 def test_refuses_a_model_in_training_mode():
@@ -136,19 +213,19 @@ def test_optimized_model_gives_the_same_detections(config):
         isinstance(m, (nn.BatchNorm2d, FrozenBatchNorm2d)) for m in optimized.modules()
     )
     kinds = [type(m).__name__ for m in optimized.modules()]
-    assert kinds.count("_TiledInputEDWConv") == len(cfg.MODEL.ROI_KEYPOINT_HEAD.CONV_DIMS)
-    assert kinds.count("ThreadedROIAlign") == 2 * len(cfg.MODEL.ROI_HEADS.IN_FEATURES)
+    assert kinds.count("_SplitEDWConv") == len(cfg.MODEL.ROI_KEYPOINT_HEAD.CONV_DIMS)
+    assert kinds.count("ChannelsLastROIPooler") == 2  # box and keypoint heads
+    box_head_is_fc_only = cfg.MODEL.ROI_BOX_HEAD.NUM_CONV == 0
+    assert kinds.count("_ChannelsLastFlatten") == int(box_head_is_fc_only)
+    if torch._nnpack_available():
+        fpn = optimized.backbone
+        assert all(type(conv).__name__ == "_WinogradConv2d" for conv in fpn.output_convs)
     inputs = [
         {"image": torch.randint(0, 256, (3, 240, 360), dtype=torch.uint8, generator=generator)},
         {"image": torch.randint(0, 256, (3, 320, 320), dtype=torch.uint8, generator=generator)},
     ]
-    threads = torch.get_num_threads()
-    torch.set_num_threads(2)  # the threaded RoIAlign's path, whatever the machine
-    try:
-        with torch.no_grad():
-            expected, actual = model(inputs), optimized(inputs)
-    finally:
-        torch.set_num_threads(threads)
+    with torch.no_grad():
+        expected, actual = model(inputs), optimized(inputs)
     for reference, result in zip(expected, actual):
         reference, result = reference["instances"], result["instances"]
         assert len(result) == len(reference) == 20

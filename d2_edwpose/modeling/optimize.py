@@ -6,34 +6,36 @@
   channel, folded into the convolution's weight and bias (detectron2 :class:`Conv2d` with a
   ``norm``, and ``conv, norm`` pairs in ``nn.Sequential`` such as torchvision's
   ``Conv2dNormActivation`` in the MobileNetV3 blocks). It saves one pass over every feature map.
-* **EDWConv's depthwise conv as a plain depthwise conv** (CPU): a grouped conv with
+* **EDWConv as e depthwise-separable convs, summed** (CPU): a grouped conv with
   ``groups == in_channels`` and ``e > 1`` filters per input channel misses oneDNN's depthwise
   kernel and runs ~9x slower than the same number of multiply-adds as a plain depthwise conv
-  (one thread, 20 RoIs of 512 x 14 x 14, e = 2: 38 ms against 4 ms). EDWConv's depthwise
-  conv is exactly a plain depthwise conv over its input tiled e times along channels (see
-  :class:`_TiledInputEDWConv`).
+  (one thread, 20 RoIs of 512 x 14 x 14, e = 2: 38 ms against 4 ms); see
+  :class:`_SplitEDWConv`.
 * **channels-last memory format** (CPU): oneDNN's depthwise and 1x1 convolutions run faster
   on NHWC tensors, and the layout then propagates from conv to conv.
-* **threaded RoIAlign** (CPU): torchvision's CPU ``roi_align`` uses one thread whatever
-  ``torch.get_num_threads()``; the RoIs of one call are split into that many chunks pooled
-  concurrently (the op releases the GIL). With 1,000 proposals it was the third-largest cost
-  of the paper configs.
+* **RoIAlign as one gather over channels-last features** (CPU): detectron2's ``ROIPooler``
+  becomes :class:`~d2_edwpose.modeling.roi_pooling.ChannelsLastROIPooler`, and box heads that
+  flatten its output straight into a linear layer flatten it in memory order, with the
+  layer's input features permuted to match (:func:`_flatten_box_features_channels_last`).
+* **Winograd convolutions** (CPU, where PyTorch has NNPACK): 3x3 stride-1 convs on large
+  maps (the FPN's and RPN's on the stride-4 and stride-8 levels) run NNPACK's Winograd
+  algorithm (:class:`_WinogradConv2d`).
 
-Each rewrite gives the same result up to float rounding (folding reorders a product);
-``tests/test_optimize.py`` checks equal detections with boxes and keypoints within 0.01 px.
+Each rewrite gives the same result up to float rounding (folding reorders a product, Winograd
+transforms the tiles); ``tests/test_optimize.py`` checks equal detections with boxes and
+keypoints within 0.01 px.
 """
-import functools
 import logging
-import os
-from concurrent.futures import ThreadPoolExecutor
 
 import torch
 from torch import nn
+from torch.nn import functional as F
 from torch.nn.utils.fusion import fuse_conv_bn_weights
 
-from detectron2.layers import Conv2d, FrozenBatchNorm2d, ROIAlign
+from detectron2.layers import Conv2d, FrozenBatchNorm2d
 
 from ..layers import EDWConv
+from .roi_pooling import ChannelsLastROIPooler
 
 __all__ = ["optimize_for_inference", "fold_conv_norms"]
 
@@ -94,101 +96,176 @@ def fold_conv_norms(model: nn.Module) -> int:
     return folded
 
 
-class _TiledInputEDWConv(nn.Module):
-    """:class:`EDWConv` computed with a plain depthwise conv.
+class _SplitEDWConv(nn.Module):
+    """:class:`EDWConv` computed as e plain depthwise convs and e pointwise convs, summed.
 
     EDWConv's depthwise output channel ``c * e + k`` is input channel ``c`` filtered by its k-th
-    filter. Ordering the filters k-major instead (channel ``k * d_i + c``) makes it a plain
-    depthwise conv over the input tiled e times along channels (a copy of whole channel
-    blocks); the pointwise conv's input channels are permuted to match, so the sum it computes
-    is the same. detectron2's ``norm`` and ``activation`` stay on the pointwise conv.
+    filter. The k-th filters of all channels form a plain depthwise conv ``depthwise[k]``, and
+    the pointwise conv's input channels ``c * e + k`` a 1x1 conv ``pointwise_weights[k]``; the
+    pointwise conv's sum over all its input channels is the sum over k of these 1x1 convs. This
+    needs no e-times tiled copy of the input and no depthwise conv with a channel multiplier,
+    neither of which oneDNN runs fast. The pointwise conv's bias, ``norm`` and ``activation``
+    are applied once, after the sum.
     """
 
     def __init__(self, edw: EDWConv):
         super().__init__()
-        depthwise, self.pointwise = edw.depthwise, edw.pointwise
-        in_channels, expanded = depthwise.in_channels, depthwise.out_channels
-        self.expand_factor = expanded // in_channels
-        # k-major position k * d_i + c of the filter at channel-major position c * e + k.
-        order = torch.arange(expanded).view(in_channels, self.expand_factor).t().reshape(-1)
-        self.depthwise = nn.Conv2d(
-            expanded,
-            expanded,
-            depthwise.kernel_size,
-            stride=depthwise.stride,
-            padding=depthwise.padding,
-            dilation=depthwise.dilation,
-            groups=expanded,
-            bias=False,
-        ).to(depthwise.weight)
-        with torch.no_grad():
-            self.depthwise.weight.copy_(depthwise.weight[order])
-            self.pointwise.weight = nn.Parameter(self.pointwise.weight[:, order])
+        depthwise, pointwise = edw.depthwise, edw.pointwise
+        in_channels = depthwise.in_channels
+        expand_factor = depthwise.out_channels // in_channels
+        self.depthwise = nn.ModuleList()
+        for k in range(expand_factor):
+            conv = nn.Conv2d(
+                in_channels,
+                in_channels,
+                depthwise.kernel_size,
+                stride=depthwise.stride,
+                padding=depthwise.padding,
+                dilation=depthwise.dilation,
+                groups=in_channels,
+                bias=False,
+            ).to(depthwise.weight)
+            with torch.no_grad():
+                conv.weight.copy_(depthwise.weight[k::expand_factor])
+            self.depthwise.append(conv)
+        self.pointwise_weights = nn.ParameterList(
+            nn.Parameter(pointwise.weight[:, k::expand_factor].detach().clone())
+            for k in range(expand_factor)
+        )
+        self.bias = pointwise.bias
+        self.norm, self.activation = pointwise.norm, pointwise.activation
 
     def forward(self, x):
-        if x.is_contiguous(memory_format=torch.channels_last):
-            # Tile in NHWC order so that the result stays channels-last.
-            tiled = x.permute(0, 2, 3, 1).repeat(1, 1, 1, self.expand_factor).permute(0, 3, 1, 2)
-        else:
-            tiled = x.repeat(1, self.expand_factor, 1, 1)
-        return self.pointwise(self.depthwise(tiled))
+        out = F.conv2d(self.depthwise[0](x), self.pointwise_weights[0], self.bias)
+        for depthwise, weight in zip(self.depthwise[1:], self.pointwise_weights[1:]):
+            out = out.add_(F.conv2d(depthwise(x), weight))
+        if self.norm is not None:
+            out = self.norm(out)
+        if self.activation is not None:
+            out = self.activation(out)
+        return out
 
 
 def _replace_modules(model: nn.Module, replacement) -> int:
     """Replace every submodule ``m`` for which ``replacement(m)`` is not None by it; returns
-    how many were replaced."""
+    how many were replaced. Plain lists of submodules that a forward iterates over (detectron2's
+    FPN keeps its ``lateral_convs`` and ``output_convs`` so) are updated too."""
     replaced = 0
     for parent in list(model.modules()):
         for name, child in list(parent.named_children()):
             new = replacement(child)
-            if new is not None:
-                setattr(parent, name, new)
-                replaced += 1
+            if new is None:
+                continue
+            setattr(parent, name, new)
+            for attribute in vars(parent).values():
+                if isinstance(attribute, list):
+                    attribute[:] = [new if item is child else item for item in attribute]
+            replaced += 1
     return replaced
 
 
-def _tiled_input_edwconv(module):
+def _split_edwconv(module):
     # DWConv (e = 1) already is a plain depthwise conv.
     if isinstance(module, EDWConv) and module.depthwise.groups < module.depthwise.out_channels:
-        return _TiledInputEDWConv(module)
+        return _SplitEDWConv(module)
     return None
 
 
-@functools.lru_cache(maxsize=None)
-def _executor(num_threads: int) -> ThreadPoolExecutor:
-    return ThreadPoolExecutor(num_threads, thread_name_prefix="d2_edwpose_roi_align")
+class _WinogradConv2d(nn.Module):
+    """A 3x3, stride-1 convolution computed on large CPU inputs by NNPACK's Winograd algorithm
+    (F(6x6, 3x3), shipped with PyTorch), which needs ~5x fewer multiply-adds than oneDNN's
+    direct convolution: 256 -> 256 channels on 80x80 took 18 ms instead of 41 ms (2 cores).
+    Below ``min_pixels`` output pixels its tile transforms cost more than they save and the
+    wrapped conv runs as it is. Its results differ from the direct convolution's by float
+    rounding (relative 1e-5 on those maps)."""
 
+    min_pixels = 40 * 40
 
-# A forked child (e.g. a DataLoader worker) inherits the pool without its threads.
-os.register_at_fork(after_in_child=_executor.cache_clear)
+    def __init__(self, conv: nn.Conv2d):
+        super().__init__()
+        self.conv = conv
+        # NNPACK reads NCHW weights; oneDNN (the small maps) reorders weights of any layout.
+        conv.weight = nn.Parameter(conv.weight.detach().contiguous())
 
-
-class ThreadedROIAlign(ROIAlign):
-    """detectron2's :class:`ROIAlign` that pools the RoIs of a CPU call in
-    ``torch.get_num_threads()`` concurrent chunks (torchvision's CPU kernel is single-threaded).
-    Other devices, autograd and small calls take the stock path."""
-
-    min_rois_per_thread = 16
-
-    def forward(self, input, rois):
-        num_threads = torch.get_num_threads()
-        chunks = min(num_threads, rois.shape[0] // self.min_rois_per_thread)
-        if input.device.type != "cpu" or chunks < 2 or torch.is_grad_enabled():
-            return super().forward(input, rois)
-        # The kernel makes its input contiguous: once here rather than once per chunk.
-        input = input.contiguous()
-        pooled = _executor(num_threads).map(
-            lambda part: super(ThreadedROIAlign, self).forward(input, part), rois.chunk(chunks)
+    def forward(self, x):
+        conv = self.conv
+        if (
+            x.device.type != "cpu"
+            or x.dtype != torch.float32
+            or x.shape[-2] * x.shape[-1] < self.min_pixels
+            or torch.is_grad_enabled()
+            or torch.jit.is_tracing()
+            # Also initialises NNPACK, e.g. in a process that unpickled this module.
+            or not torch._nnpack_available()
+        ):
+            return conv(x)
+        out = torch._nnpack_spatial_convolution(
+            x.contiguous(), conv.weight.contiguous(), conv.bias, conv.padding
         )
-        return torch.cat(list(pooled))
+        if getattr(conv, "norm", None) is not None:
+            out = conv.norm(out)
+        if getattr(conv, "activation", None) is not None:
+            out = conv.activation(out)
+        return out
 
 
-def _threaded_roi_align(module):
-    if type(module) is ROIAlign:
-        return ThreadedROIAlign(
-            module.output_size, module.spatial_scale, module.sampling_ratio, module.aligned
-        )
+def _winograd_conv(module):
+    if (
+        type(module) in _PLAIN_CONVS
+        and module.kernel_size == (3, 3)
+        and module.stride == (1, 1)
+        and module.dilation == (1, 1)
+        and module.groups == 1
+        and module.padding_mode == "zeros"
+        and isinstance(module.padding, tuple)
+    ):
+        return _WinogradConv2d(module)
     return None
+
+
+def _channels_last_pooler(module):
+    if ChannelsLastROIPooler.supports(module):
+        return ChannelsLastROIPooler.from_pooler(module)
+    return None
+
+
+class _ChannelsLastFlatten(nn.Module):
+    """``nn.Flatten()`` of (N, C, H, W) tensors in (H, W, C) order: a view of channels-last
+    memory, where flattening in (C, H, W) order copies. The linear layer after it has its input
+    features permuted to match (:func:`_flatten_box_features_channels_last`)."""
+
+    def forward(self, x):
+        return x.permute(0, 2, 3, 1).flatten(1)
+
+
+@torch.no_grad()
+def _flatten_box_features_channels_last(model: nn.Module) -> int:
+    """Flatten the channels-last RoI features of box heads that begin with ``flatten`` and a
+    linear layer (detectron2's ``FastRCNNConvFCHead`` without convs) without copying them;
+    returns how many heads were changed."""
+    changed = 0
+    for module in model.modules():
+        pooler, head = getattr(module, "box_pooler", None), getattr(module, "box_head", None)
+        if not isinstance(pooler, ChannelsLastROIPooler) or not isinstance(head, nn.Sequential):
+            continue
+        children = list(head.named_children())
+        if len(children) < 2:
+            continue
+        (flatten_name, flatten), (_, linear) = children[:2]
+        if not (
+            type(flatten) is nn.Flatten
+            and (flatten.start_dim, flatten.end_dim) == (1, -1)
+            and isinstance(linear, nn.Linear)
+        ):
+            continue
+        height, width = pooler.output_size
+        channels = linear.in_features // (height * width)
+        # (out, C, H, W) -> (out, H, W, C), the order _ChannelsLastFlatten gives.
+        weight = linear.weight.view(-1, channels, height, width).permute(0, 2, 3, 1)
+        linear.weight = nn.Parameter(weight.reshape(linear.weight.shape).contiguous())
+        setattr(head, flatten_name, _ChannelsLastFlatten())
+        changed += 1
+    return changed
 
 
 def optimize_for_inference(model: nn.Module, device=None) -> nn.Module:
@@ -209,9 +286,12 @@ def optimize_for_inference(model: nn.Module, device=None) -> nn.Module:
     device = torch.device(device) if device is not None else next(model.parameters()).device
     counts = {"folded norms": fold_conv_norms(model)}
     if device.type == "cpu":
-        counts["EDWConvs"] = _replace_modules(model, _tiled_input_edwconv)
-        counts["threaded RoIAligns"] = _replace_modules(model, _threaded_roi_align)
+        counts["EDWConvs"] = _replace_modules(model, _split_edwconv)
+        counts["channels-last RoI poolers"] = _replace_modules(model, _channels_last_pooler)
+        counts["channels-last box-feature flattens"] = _flatten_box_features_channels_last(model)
         model.to(memory_format=torch.channels_last)
+        if torch._nnpack_available():
+            counts["Winograd convs"] = _replace_modules(model, _winograd_conv)
     logger.info(
         "optimize_for_inference (%s): %s",
         device,

@@ -22,6 +22,7 @@ model as it is built (what its users run).
 """
 import argparse
 import itertools
+import os
 import statistics
 import tempfile
 import time
@@ -301,6 +302,14 @@ def _speedup(reference_ms, ms):
     return f"{reference_ms / ms:.2f}×" if reference_ms else "–"
 
 
+# Process settings that change CPU latency (see the README's "CPU settings"); the table states them.
+RUNTIME_SETTINGS = ("OMP_NUM_THREADS", "OMP_WAIT_POLICY", "GLIBC_TUNABLES")
+
+
+def runtime_settings() -> str:
+    return ", ".join(f"{name}={os.environ.get(name, 'unset')}" for name in RUNTIME_SETTINGS)
+
+
 def format_table(rows, num_people, device, size):
     rows = [r for r in rows if r["people"] == num_people]
     vanilla = {_kind(r): r["median_ms"] for r in rows if r["model"].endswith("_vanilla")}
@@ -314,7 +323,7 @@ def format_table(rows, num_people, device, size):
     )
     lines = [
         f"Direct mode, {size[0]}×{size[1]} input, batch 1, N = {num_people} people per image, "
-        f"device {device}, {torch.get_num_threads()} threads, random weights.",
+        f"device {device}, {torch.get_num_threads()} threads, random weights; {runtime_settings()}.",
         "",
         "| model | latency median (p10–p90) | FPS | vs vanilla | vs stock R50 | params | GFLOPs at N |",
         "|---|---|---|---|---|---|---|",

@@ -7,8 +7,8 @@ so every sample is instead four weighted C-vector reads, which
 :func:`torch.nn.functional.embedding_bag` (``mode="sum"`` with ``per_sample_weights``) does
 vectorised and multi-threaded. Together with pooling all FPN levels in one call (detectron2's
 :class:`~detectron2.modeling.poolers.ROIPooler` zero-fills an output and pools level by level)
-this took the paper configs' box RoIAlign on 1,000 proposals from 67 ms (torchvision's kernel,
-two threads) to ~20 ms on two cores.
+this took the paper configs' box RoIAlign on 1,000 proposals from 59 ms to 9 ms on two cores
+(README, "Speed").
 
 The weights are those of torchvision's kernel (``aligned`` offsets, adaptive sampling grid,
 samples outside the map, clamping at its borders); only the order of the float sums differs.

@@ -94,7 +94,11 @@ def random_boxes(generator, count, image_size):
 @pytest.mark.parametrize("pooler_type", ["ROIAlignV2", "ROIAlign"])
 @pytest.mark.parametrize("sampling_ratio", [0, 2])
 @pytest.mark.parametrize("output_size", [7, 14])
-def test_channels_last_roi_pooler_equals_detectrons(pooler_type, sampling_ratio, output_size):
+@pytest.mark.parametrize("skip_padding", [False, True], ids=["padded-bags", "used-entries"])
+def test_channels_last_roi_pooler_equals_detectrons(
+    pooler_type, sampling_ratio, output_size, skip_padding, monkeypatch
+):
+    monkeypatch.setattr(ChannelsLastROIPooler, "max_padding_fraction", 0.0 if skip_padding else 1.0)
     generator = torch.Generator().manual_seed(0)
     strides = (4, 8, 16, 32)
     stock = ROIPooler(output_size, [1 / s for s in strides], sampling_ratio, pooler_type)
@@ -107,18 +111,33 @@ def test_channels_last_roi_pooler_equals_detectrons(pooler_type, sampling_ratio,
             pooled = ours([f.contiguous(memory_format=layout) for f in features], box_lists)
             assert pooled.is_contiguous(memory_format=torch.channels_last)
             torch.testing.assert_close(pooled, expected, rtol=0, atol=1e-5)
-        # One level: every box on it.
+        # One level: every box on it, its channels-last map used as it is.
         single = ROIPooler(output_size, [1 / 8], sampling_ratio, pooler_type)
         torch.testing.assert_close(
-            ChannelsLastROIPooler.from_pooler(single)(features[1:2], box_lists),
+            ChannelsLastROIPooler.from_pooler(single)(
+                [features[1].contiguous(memory_format=torch.channels_last)], box_lists
+            ),
             single(features[1:2], box_lists),
             rtol=0,
             atol=1e-5,
         )
         empty = [Boxes(torch.zeros(0, 4)), Boxes(torch.zeros(0, 4))]
         assert ours(features, empty).shape == (0, 16, output_size, output_size)
-    # Autograd takes detectron2's path.
+        # Other dtypes take detectron2's path.
+        as_double = [f.double() for f in features]
+        assert torch.equal(ours(as_double, box_lists), stock(as_double, box_lists))
+    # So does autograd.
     assert torch.equal(ours(features, box_lists), stock(features, box_lists))
+
+
+def test_channels_last_roi_pooler_checks_its_inputs_as_detectron2_does():
+    ours = ChannelsLastROIPooler.from_pooler(ROIPooler(7, [1 / 4, 1 / 8], 0, "ROIAlignV2"))
+    features = [torch.randn(1, 4, 32, 32), torch.randn(1, 4, 16, 16)]
+    boxes = [Boxes(torch.tensor([[0.0, 0.0, 50.0, 60.0]]))]
+    with torch.no_grad(), pytest.raises(ValueError, match="2 feature maps expected, got 1"):
+        ours(features[:1], boxes)
+    with torch.no_grad(), pytest.raises(ValueError, match="1 images in the feature maps but 2"):
+        ours(features, boxes * 2)
 
 
 def test_only_roi_align_poolers_are_replaced():
@@ -127,7 +146,7 @@ def test_only_roi_align_poolers_are_replaced():
     assert not ChannelsLastROIPooler.supports(ROIPooler(7, [1 / 4], 0, "ROIAlignRotated"))
 
 
-@pytest.mark.skipif(not torch._nnpack_available(), reason="this PyTorch has no NNPACK")
+@pytest.mark.skipif(not torch.backends.nnpack.is_available(), reason="this PyTorch has no NNPACK")
 def test_winograd_convs_on_large_maps_equal_the_convs(monkeypatch):
     calls = []
     nnpack = torch._nnpack_spatial_convolution
@@ -149,8 +168,15 @@ def test_winograd_convs_on_large_maps_equal_the_convs(monkeypatch):
         for x, reference in zip(inputs, expected):
             channels_last = x.contiguous(memory_format=torch.channels_last)
             torch.testing.assert_close(optimized(channels_last), reference, rtol=1e-4, atol=1e-4)
-    # Only the 48x48 maps (over 40x40 pixels) took NNPACK.
-    assert calls == [(1, 8, 48, 48), (1, 8, 48, 48)]
+        assert optimized(torch.zeros(0, 8, 48, 48)).shape == (0, 6, 24, 24)
+        # Only the 48x48 maps (over 40x40 pixels, not empty) took NNPACK.
+        assert calls == [(1, 8, 48, 48), (1, 8, 48, 48)]
+        # Optimizing again changes nothing.
+        calls.clear()
+        optimize_for_inference(optimized, device="cpu")
+        assert [type(m).__name__ for m in optimized] == kinds
+        torch.testing.assert_close(optimized(inputs[0]), expected[0], rtol=1e-4, atol=1e-4)
+        assert calls == [(1, 8, 48, 48), (1, 8, 48, 48)]
 
 
 def test_module_lists_that_forwards_iterate_are_updated():
@@ -216,8 +242,8 @@ def test_optimized_model_gives_the_same_detections(config):
     assert kinds.count("_SplitEDWConv") == len(cfg.MODEL.ROI_KEYPOINT_HEAD.CONV_DIMS)
     assert kinds.count("ChannelsLastROIPooler") == 2  # box and keypoint heads
     box_head_is_fc_only = cfg.MODEL.ROI_BOX_HEAD.NUM_CONV == 0
-    assert kinds.count("_ChannelsLastFlatten") == int(box_head_is_fc_only)
-    if torch._nnpack_available():
+    assert kinds.count("_ChannelsLastFlattenLinear") == int(box_head_is_fc_only)
+    if torch.backends.nnpack.is_available():
         fpn = optimized.backbone
         assert all(type(conv).__name__ == "_WinogradConv2d" for conv in fpn.output_convs)
     inputs = [

@@ -152,6 +152,8 @@ def _replace_modules(model: nn.Module, replacement) -> int:
     FPN keeps its ``lateral_convs`` and ``output_convs`` so) are updated too."""
     replaced = 0
     for parent in list(model.modules()):
+        if isinstance(parent, _REWRITTEN):
+            continue  # already rewritten, e.g. by an earlier optimize_for_inference
         for name, child in list(parent.named_children()):
             new = replacement(child)
             if new is None:
@@ -166,7 +168,7 @@ def _replace_modules(model: nn.Module, replacement) -> int:
 
 def _split_edwconv(module):
     # DWConv (e = 1) already is a plain depthwise conv.
-    if isinstance(module, EDWConv) and module.depthwise.groups < module.depthwise.out_channels:
+    if type(module) is EDWConv and module.depthwise.groups < module.depthwise.out_channels:
         return _SplitEDWConv(module)
     return None
 
@@ -175,9 +177,10 @@ class _WinogradConv2d(nn.Module):
     """A 3x3, stride-1 convolution computed on large CPU inputs by NNPACK's Winograd algorithm
     (F(6x6, 3x3), shipped with PyTorch), which needs ~5x fewer multiply-adds than oneDNN's
     direct convolution: 256 -> 256 channels on 80x80 took 18 ms instead of 41 ms (2 cores).
-    Below ``min_pixels`` output pixels its tile transforms cost more than they save and the
-    wrapped conv runs as it is. Its results differ from the direct convolution's by float
-    rounding (relative 1e-5 on those maps)."""
+    On input maps under ``min_pixels`` pixels its tile transforms cost more than they save and
+    the wrapped conv runs as it is. Its results differ from the direct convolution's by float
+    rounding (relative 1e-5 on those maps). Its output is NCHW (NNPACK's layout); the ops after
+    it convert as they need."""
 
     min_pixels = 40 * 40
 
@@ -193,10 +196,11 @@ class _WinogradConv2d(nn.Module):
             x.device.type != "cpu"
             or x.dtype != torch.float32
             or x.shape[-2] * x.shape[-1] < self.min_pixels
+            or x.shape[0] == 0
             or torch.is_grad_enabled()
             or torch.jit.is_tracing()
             # Also initialises NNPACK, e.g. in a process that unpickled this module.
-            or not torch._nnpack_available()
+            or not torch.backends.nnpack.is_available()
         ):
             return conv(x)
         out = torch._nnpack_spatial_convolution(
@@ -229,20 +233,29 @@ def _channels_last_pooler(module):
     return None
 
 
-class _ChannelsLastFlatten(nn.Module):
-    """``nn.Flatten()`` of (N, C, H, W) tensors in (H, W, C) order: a view of channels-last
-    memory, where flattening in (C, H, W) order copies. The linear layer after it has its input
-    features permuted to match (:func:`_flatten_box_features_channels_last`)."""
+class _ChannelsLastFlattenLinear(nn.Module):
+    """``nn.Flatten()`` then ``linear`` for (N, C, H, W) inputs, flattening in (H, W, C) order:
+    a view of channels-last memory, where flattening in (C, H, W) order copies (50 MB for the
+    paper configs' 1,000 RoIs). The linear layer's input features are permuted to match; they
+    are this module's ``weight``, a new state-dict key, so that an optimized model's weights
+    cannot be loaded into a model as built by mistake."""
+
+    def __init__(self, linear: nn.Linear, channels: int, height: int, width: int):
+        super().__init__()
+        weight = linear.weight.detach().view(-1, channels, height, width).permute(0, 2, 3, 1)
+        self.weight = nn.Parameter(weight.reshape(linear.weight.shape).contiguous())
+        self.bias = linear.bias
 
     def forward(self, x):
-        return x.permute(0, 2, 3, 1).flatten(1)
+        return F.linear(x.permute(0, 2, 3, 1).flatten(1), self.weight, self.bias)
 
 
 @torch.no_grad()
 def _flatten_box_features_channels_last(model: nn.Module) -> int:
     """Flatten the channels-last RoI features of box heads that begin with ``flatten`` and a
     linear layer (detectron2's ``FastRCNNConvFCHead`` without convs) without copying them;
-    returns how many heads were changed."""
+    returns how many heads were changed. The heads are found as detectron2's ROI heads name
+    them, ``box_pooler`` feeding ``box_head``."""
     changed = 0
     for module in model.modules():
         pooler, head = getattr(module, "box_pooler", None), getattr(module, "box_head", None)
@@ -251,21 +264,23 @@ def _flatten_box_features_channels_last(model: nn.Module) -> int:
         children = list(head.named_children())
         if len(children) < 2:
             continue
-        (flatten_name, flatten), (_, linear) = children[:2]
+        (flatten_name, flatten), (linear_name, linear) = children[:2]
         if not (
             type(flatten) is nn.Flatten
             and (flatten.start_dim, flatten.end_dim) == (1, -1)
-            and isinstance(linear, nn.Linear)
+            and type(linear) is nn.Linear
         ):
             continue
         height, width = pooler.output_size
         channels = linear.in_features // (height * width)
-        # (out, C, H, W) -> (out, H, W, C), the order _ChannelsLastFlatten gives.
-        weight = linear.weight.view(-1, channels, height, width).permute(0, 2, 3, 1)
-        linear.weight = nn.Parameter(weight.reshape(linear.weight.shape).contiguous())
-        setattr(head, flatten_name, _ChannelsLastFlatten())
+        setattr(head, flatten_name, _ChannelsLastFlattenLinear(linear, channels, height, width))
+        setattr(head, linear_name, nn.Identity())
         changed += 1
     return changed
+
+
+# Modules made by the rewrites: their children are not rewritten again.
+_REWRITTEN = (_SplitEDWConv, _WinogradConv2d, ChannelsLastROIPooler, _ChannelsLastFlattenLinear)
 
 
 def optimize_for_inference(model: nn.Module, device=None) -> nn.Module:
@@ -274,7 +289,8 @@ def optimize_for_inference(model: nn.Module, device=None) -> nn.Module:
 
     Args:
         model: a built detectron2 model (e.g. ``build_model(cfg)`` with its weights loaded) in
-            eval mode. It can no longer be trained afterwards: norms are gone.
+            eval mode. It can no longer be trained afterwards (norms are gone), and its state
+            dict is not the model's: save and load models as built.
         device: where it will run; default: the device of its parameters. The CPU-only
             rewrites are skipped elsewhere.
     """
@@ -283,14 +299,16 @@ def optimize_for_inference(model: nn.Module, device=None) -> nn.Module:
             "optimize_for_inference folds BatchNorms with their running statistics, which is "
             "only valid for inference: call model.eval() first"
         )
-    device = torch.device(device) if device is not None else next(model.parameters()).device
+    if device is None:
+        device = next(model.parameters(), torch.empty(0)).device
+    device = torch.device(device)
     counts = {"folded norms": fold_conv_norms(model)}
     if device.type == "cpu":
         counts["EDWConvs"] = _replace_modules(model, _split_edwconv)
         counts["channels-last RoI poolers"] = _replace_modules(model, _channels_last_pooler)
         counts["channels-last box-feature flattens"] = _flatten_box_features_channels_last(model)
         model.to(memory_format=torch.channels_last)
-        if torch._nnpack_available():
+        if torch.backends.nnpack.is_available():
             counts["Winograd convs"] = _replace_modules(model, _winograd_conv)
     logger.info(
         "optimize_for_inference (%s): %s",

@@ -41,8 +41,9 @@ def _axis_sampling(start, extent, length, pooled: int, sampling_ratio: int, alig
 
     Returns:
         (indices, weights, grid): ``indices`` (long) and ``weights`` of shape (R, pooled, S),
-        the pixels each bin reads along this axis and their summed bilinear weights (not yet
-        divided by the sample count), and ``grid`` (long, R), the samples per bin.
+        the pixels each bin reads along this axis and their bilinear weights (not yet divided
+        by the sample count; with an adaptive grid, summed per pixel), and ``grid`` (long, R),
+        the samples per bin.
     """
     if not aligned:
         extent = extent.clamp(min=1.0)
@@ -147,7 +148,8 @@ class ChannelsLastROIPooler(ROIPooler):
     detectron2's :class:`ROIPooler` for ``ROIAlign``/``ROIAlignV2``, pooling CPU inference
     calls with one weighted gather over all levels (see the module docstring). It returns the
     same (M, C, output_h, output_w) tensor up to float rounding, in channels-last memory.
-    Autograd, other devices and tracing take detectron2's path.
+    Autograd, other devices and dtypes than float32, and tracing take detectron2's path; it is
+    not scriptable.
     """
 
     @classmethod
@@ -169,15 +171,26 @@ class ChannelsLastROIPooler(ROIPooler):
             type(level) is ROIAlign for level in pooler.level_poolers
         )
 
+    # Above this fraction of zero-weight (padding) entries, the gather skips them: one large or
+    # elongated RoI widens the sampling grid of every bin of the call.
+    max_padding_fraction = 0.5
+
     def forward(self, x: List[torch.Tensor], box_lists: List[Boxes]):
         if (
             torch.is_grad_enabled()
             or x[0].device.type != "cpu"
-            or torch.jit.is_scripting()
+            or x[0].dtype != torch.float32
             or torch.jit.is_tracing()
             or sum(len(boxes) for boxes in box_lists) == 0
         ):
             return super().forward(x, box_lists)
+        # detectron2's checks: a mismatch would read another map's pixels here.
+        if len(x) != len(self.level_poolers):
+            raise ValueError(f"{len(self.level_poolers)} feature maps expected, got {len(x)}")
+        if len(box_lists) != x[0].shape[0]:
+            raise ValueError(
+                f"{x[0].shape[0]} images in the feature maps but {len(box_lists)} box lists"
+            )
         rois = convert_boxes_to_pooler_format(box_lists)
         if len(self.level_poolers) == 1:
             levels = torch.zeros(rois.shape[0], dtype=torch.long)
@@ -211,8 +224,15 @@ class ChannelsLastROIPooler(ROIPooler):
         )
         weights = weights.view(rois.shape[0], -1).mul_(on_a_level[:, None]).view(indices.shape)
         table = _pixel_table(x, rows)
-        pooled = F.embedding_bag(
-            indices, table, mode="sum", per_sample_weights=weights.to(table.dtype)
-        )
+        used = weights != 0
+        if used.float().mean() < 1 - self.max_padding_fraction:
+            # Variable-length bags of the used entries only (row-major masking keeps bag order).
+            counts = used.sum(dim=1)
+            pooled = F.embedding_bag(
+                indices[used], table, counts.cumsum(0) - counts, mode="sum",
+                per_sample_weights=weights[used],
+            )  # fmt: skip
+        else:
+            pooled = F.embedding_bag(indices, table, mode="sum", per_sample_weights=weights)
         height, width = self.output_size
         return pooled.view(rois.shape[0], height, width, num_channels).permute(0, 3, 1, 2)

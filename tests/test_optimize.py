@@ -146,43 +146,129 @@ def test_only_roi_align_poolers_are_replaced():
     assert not ChannelsLastROIPooler.supports(ROIPooler(7, [1 / 4], 0, "ROIAlignRotated"))
 
 
-@pytest.mark.skipif(not torch.backends.nnpack.is_available(), reason="this PyTorch has no NNPACK")
-def test_winograd_convs_on_large_maps_equal_the_convs(monkeypatch):
-    calls = []
-    nnpack = torch._nnpack_spatial_convolution
-    monkeypatch.setattr(
-        torch, "_nnpack_spatial_convolution", lambda x, *args: calls.append(x.shape) or nnpack(x, *args)
+@pytest.mark.parametrize(
+    "batch, channels, out_channels, height, width, padding, bias, channels_last",
+    [
+        (1, 16, 8, 20, 20, (1, 1), True, True),
+        (2, 7, 5, 33, 47, (1, 1), False, True),  # sizes that leave partial 4x4 tiles
+        (3, 4, 6, 9, 10, (0, 0), True, False),  # NCHW input
+        (1, 5, 3, 13, 11, (2, 1), True, True),  # padding wider than the kernel's half
+        (1, 3, 2, 5, 6, (0, 2), False, True),
+    ],
+)  # fmt: skip
+def test_winograd_conv3x3_equals_the_convolution(
+    batch, channels, out_channels, height, width, padding, bias, channels_last
+):
+    generator = torch.Generator().manual_seed(0)
+    x = torch.randn(batch, channels, height, width, generator=generator)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    weight = torch.randn(out_channels, channels, 3, 3, generator=generator)
+    bias = torch.randn(out_channels, generator=generator) if bias else None
+    expected = F.conv2d(
+        x.double(), weight.double(), None if bias is None else bias.double(), padding=padding
     )
+    out = optimize.winograd_conv3x3(x, optimize.winograd_transform_weight(weight), bias, padding)
+    assert out.shape == expected.shape
+    assert out.is_contiguous(memory_format=torch.channels_last)
+    scale = expected.abs().max().item()
+    torch.testing.assert_close(out.double(), expected, rtol=1e-5, atol=1e-5 * scale)
+
+
+def test_winograd_convs_run_wide_convs_on_enough_tiles(monkeypatch):
+    calls = []
+    winograd = optimize.winograd_conv3x3
+    def counted_winograd(x, *args):
+        calls.append(tuple(x.shape))
+        return winograd(x, *args)
+
+    monkeypatch.setattr(optimize, "winograd_conv3x3", counted_winograd)
     torch.manual_seed(0)
     model = nn.Sequential(
-        Conv2d(8, 8, 3, padding=1, activation=nn.ReLU()),
-        nn.Conv2d(8, 6, 3, padding=1),
-        nn.Conv2d(6, 6, 3, stride=2, padding=1),  # strided: stays as it is
+        Conv2d(128, 128, 3, padding=1, activation=nn.ReLU()),
+        nn.Conv2d(128, 128, 3, padding=1),
+        nn.Conv2d(128, 128, 3, stride=2, padding=1),  # strided
+        nn.Conv2d(128, 64, 3, padding=1),  # too few output channels
     ).eval()
-    inputs = [torch.randn(1, 8, size, size) for size in (48, 20)]
+    with torch.no_grad():
+        for conv in model:
+            conv.weight.mul_(0.1)
+    inputs = [torch.randn(1, 128, size, size) for size in (16, 12)]
     with torch.no_grad():
         expected = [model(x) for x in inputs]
         optimized = optimize_for_inference(copy.deepcopy(model), device="cpu")
         kinds = [type(m).__name__ for m in optimized]
-        assert kinds == ["_WinogradConv2d", "_WinogradConv2d", "Conv2d"]
+        assert kinds == ["_WinogradConv2d", "_WinogradConv2d", "Conv2d", "Conv2d"]
         for x, reference in zip(inputs, expected):
             channels_last = x.contiguous(memory_format=torch.channels_last)
             torch.testing.assert_close(optimized(channels_last), reference, rtol=1e-4, atol=1e-4)
-        assert optimized(torch.zeros(0, 8, 48, 48)).shape == (0, 6, 24, 24)
-        # Only the 48x48 maps (over 40x40 pixels, not empty) took NNPACK.
-        assert calls == [(1, 8, 48, 48), (1, 8, 48, 48)]
-        # Optimizing again changes nothing.
+        # 16x16 maps are 16 output tiles of 4x4: Winograd; 12x12 maps are 9: the direct conv.
+        assert calls == [(1, 128, 16, 16), (1, 128, 16, 16)]
         calls.clear()
-        optimize_for_inference(optimized, device="cpu")
+        assert optimized(torch.zeros(0, 128, 16, 16)).shape == (0, 64, 8, 8)
+        optimize_for_inference(optimized, device="cpu")  # optimizing again changes nothing
         assert [type(m).__name__ for m in optimized] == kinds
         torch.testing.assert_close(optimized(inputs[0]), expected[0], rtol=1e-4, atol=1e-4)
-        assert calls == [(1, 8, 48, 48), (1, 8, 48, 48)]
+        assert calls == [(1, 128, 16, 16), (1, 128, 16, 16)]
+    # With autograd the direct convs run (Winograd is for inference only).
+    calls.clear()
+    optimized(inputs[0]).sum().backward()
+    assert calls == [] and optimized[0].conv.weight.grad is not None
+
+
+def test_winograd_conv_follows_weights_loaded_later():
+    torch.manual_seed(0)
+    conv = nn.Conv2d(128, 128, 3, padding=1).eval()
+    wrapped = optimize._winograd_conv(conv)
+    x = torch.randn(1, 128, 16, 16)
+    new_weights = {
+        "weight": torch.randn_like(conv.weight) * 0.1,
+        "bias": torch.randn_like(conv.bias),
+    }
+    with torch.no_grad():
+        wrapped(x)  # transforms and caches the initial weight
+        wrapped.conv.load_state_dict(new_weights)
+        expected = F.conv2d(x, new_weights["weight"], new_weights["bias"], padding=1)
+        torch.testing.assert_close(wrapped(x), expected, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize(
+    "in_channels, out_channels, kernel, stride, padding, output_padding, dilation, bias",
+    [
+        (16, 5, 4, 2, 1, 0, 1, True),  # the keypoint heads' heatmap predictor, scaled down
+        (6, 4, 3, 3, 0, 2, 1, False),
+        (4, 3, (3, 2), (2, 1), (1, 0), (1, 0), (2, 1), True),
+    ],
+)  # fmt: skip
+def test_transposed_convs_as_matrix_products_equal_them(
+    in_channels, out_channels, kernel, stride, padding, output_padding, dilation, bias
+):
+    torch.manual_seed(0)
+    deconv = nn.ConvTranspose2d(
+        in_channels, out_channels, kernel, stride, padding, output_padding, bias=bias,
+        dilation=dilation,
+    ).eval()
+    optimized = optimize._gemm_conv_transpose(copy.deepcopy(deconv))
+    assert type(optimized).__name__ == "_GemmConvTranspose2d"
+    inputs = [
+        torch.randn(3, in_channels, 7, 9),
+        torch.randn(2, in_channels, 5, 6).contiguous(memory_format=torch.channels_last),
+        torch.zeros(0, in_channels, 7, 9),
+    ]
+    with torch.no_grad():
+        for x in inputs:
+            torch.testing.assert_close(optimized(x), deconv(x), rtol=1e-5, atol=1e-5)
+    # With autograd the transposed conv itself runs, and trains.
+    optimized(inputs[0]).sum().backward()
+    assert optimized.deconv.weight.grad is not None
+    # Grouped transposed convs are left as they are.
+    assert optimize._gemm_conv_transpose(nn.ConvTranspose2d(4, 4, 2, groups=2)) is None
 
 
 def test_module_lists_that_forwards_iterate_are_updated():
     torch.manual_seed(0)
-    fpn = FPN(bottom_up=_TwoLevelBackbone(), in_features=["c1", "c2"], out_channels=8).eval()
-    x = torch.randn(1, 3, 96, 96)
+    fpn = FPN(bottom_up=_TwoLevelBackbone(), in_features=["c1", "c2"], out_channels=128).eval()
+    x = torch.randn(1, 3, 64, 64)
     with torch.no_grad():
         expected = fpn(x)
         optimize._replace_modules(fpn, optimize._winograd_conv)
@@ -226,7 +312,8 @@ def calibrated_model(cfg, generator):
 @pytest.mark.parametrize(
     "config",
     [CONFIG_DIR / "keypoint_rcnn_mv3_fpn_320_edw.yaml", REALTIME_CONFIG,
-     CONFIG_DIR / "cpu_demo_keypoint_rcnn_mv3_fpn_320_edw.yaml"],
+     CONFIG_DIR / "cpu_demo_keypoint_rcnn_mv3_fpn_320_edw.yaml",
+     CONFIG_DIR / "keypoint_rcnn_mv3_fpn_320_vanilla.yaml"],
     ids=lambda p: p.stem,
 )  # fmt: skip
 def test_optimized_model_gives_the_same_detections(config):
@@ -239,13 +326,19 @@ def test_optimized_model_gives_the_same_detections(config):
         isinstance(m, (nn.BatchNorm2d, FrozenBatchNorm2d)) for m in optimized.modules()
     )
     kinds = [type(m).__name__ for m in optimized.modules()]
-    assert kinds.count("_SplitEDWConv") == len(cfg.MODEL.ROI_KEYPOINT_HEAD.CONV_DIMS)
+    num_head_convs = len(cfg.MODEL.ROI_KEYPOINT_HEAD.CONV_DIMS)
+    edw_head = cfg.MODEL.ROI_KEYPOINT_HEAD.CONV_TYPE == "edw"
+    assert kinds.count("_SplitEDWConv") == (num_head_convs if edw_head else 0)
     assert kinds.count("ChannelsLastROIPooler") == 2  # box and keypoint heads
+    assert kinds.count("_GemmConvTranspose2d") == 1  # the heatmap predictor
     box_head_is_fc_only = cfg.MODEL.ROI_BOX_HEAD.NUM_CONV == 0
     assert kinds.count("_ChannelsLastFlattenLinear") == int(box_head_is_fc_only)
-    if torch.backends.nnpack.is_available():
-        fpn = optimized.backbone
-        assert all(type(conv).__name__ == "_WinogradConv2d" for conv in fpn.output_convs)
+    # Winograd for the FPN's and RPN's convs if they are wide, and the vanilla head's.
+    wide_fpn = cfg.MODEL.FPN.OUT_CHANNELS >= optimize._WinogradConv2d.min_channels
+    vanilla_head = cfg.MODEL.ROI_KEYPOINT_HEAD.CONV_TYPE == "vanilla"
+    assert kinds.count("_WinogradConv2d") == (
+        wide_fpn * (len(cfg.MODEL.FPN.IN_FEATURES) + 1) + vanilla_head * num_head_convs
+    )
     inputs = [
         {"image": torch.randint(0, 256, (3, 240, 360), dtype=torch.uint8, generator=generator)},
         {"image": torch.randint(0, 256, (3, 320, 320), dtype=torch.uint8, generator=generator)},

@@ -17,9 +17,9 @@
   becomes :class:`~d2_edwpose.modeling.roi_pooling.ChannelsLastROIPooler`, and box heads that
   flatten its output straight into a linear layer flatten it in memory order, with the
   layer's input features permuted to match (:func:`_flatten_box_features_channels_last`).
-* **Winograd convolutions** (CPU, where PyTorch has NNPACK): 3x3 stride-1 convs on large
-  maps (the FPN's and RPN's on the stride-4 and stride-8 levels) run NNPACK's Winograd
-  algorithm (:class:`_WinogradConv2d`).
+* **Winograd convolutions** (CPU): wide 3x3 stride-1 convs (the FPN's and RPN's, the vanilla
+  keypoint head's) run the Winograd algorithm F(4x4, 3x3) on channels-last maps, 4x fewer
+  multiply-adds (:class:`_WinogradConv2d`).
 
 Each rewrite gives the same result up to float rounding (folding reorders a product, Winograd
 transforms the tiles); ``tests/test_optimize.py`` checks equal detections with boxes and
@@ -173,39 +173,148 @@ def _split_edwconv(module):
     return None
 
 
-class _WinogradConv2d(nn.Module):
-    """A 3x3, stride-1 convolution computed on large CPU inputs by NNPACK's Winograd algorithm
-    (F(6x6, 3x3), shipped with PyTorch), which needs ~5x fewer multiply-adds than oneDNN's
-    direct convolution: 256 -> 256 channels on 80x80 took 18 ms instead of 41 ms (2 cores).
-    On input maps under ``min_pixels`` pixels its tile transforms cost more than they save and
-    the wrapped conv runs as it is. Its results differ from the direct convolution's by float
-    rounding (relative 1e-5 on those maps). Its output is NCHW (NNPACK's layout); the ops after
-    it convert as they need."""
+# Winograd F(4x4, 3x3) (Lavin & Gray, "Fast Algorithms for Convolutional Neural Networks",
+# 2016): B^T transforms 6x6 input tiles, G 3x3 filters, A^T maps products back to 4x4 outputs.
+_WINOGRAD_INPUT = torch.tensor(
+    [
+        [4, 0, -5, 0, 1, 0],
+        [0, -4, -4, 1, 1, 0],
+        [0, 4, -4, -1, 1, 0],
+        [0, -2, -1, 2, 1, 0],
+        [0, 2, -1, -2, 1, 0],
+        [0, 4, 0, -5, 0, 1],
+    ],
+    dtype=torch.float64,
+)
+_WINOGRAD_FILTER = torch.tensor(
+    [
+        [1 / 4, 0, 0],
+        [-1 / 6, -1 / 6, -1 / 6],
+        [-1 / 6, 1 / 6, -1 / 6],
+        [1 / 24, 1 / 12, 1 / 6],
+        [1 / 24, -1 / 12, 1 / 6],
+        [0, 0, 1],
+    ],
+    dtype=torch.float64,
+)
+_WINOGRAD_OUTPUT = torch.tensor(
+    [[1, 1, 1, 1, 1, 0], [0, 1, -1, 2, -2, 0], [0, 1, 1, 4, 4, 0], [0, 1, -1, 8, -8, 1]],
+    dtype=torch.float64,
+)
+_TILE, _TILE_OUT = 6, 4
 
-    min_pixels = 40 * 40
+
+def winograd_conv3x3(x, transformed_weight, bias, padding):
+    """A 3x3, stride-1, dilation-1 convolution of ``x`` (N, C, H, W) by Winograd F(4x4, 3x3).
+
+    Args:
+        transformed_weight: (36, C, K) from :func:`winograd_transform_weight`.
+        bias: (K,) or None.
+        padding: (pad_h, pad_w) zero padding.
+    Returns:
+        (N, K, H_out, W_out), channels-last.
+
+    The input is padded and cut into overlapping 6x6 tiles (stride 4), in NHWC order so that a
+    tile position's values over all tiles form a (tiles, C) matrix. The transforms are two small
+    matrix products each (B^T d B, A^T m A); the 36 tile positions are one batched (tiles, C) x
+    (C, K) product, 2.25 multiply-adds per output pixel and channel pair instead of 9.
+    """
+    n, channels, height, width = x.shape
+    out_channels = transformed_weight.shape[2]
+    pad_h, pad_w = padding
+    out_h, out_w = height + 2 * pad_h - 2, width + 2 * pad_w - 2
+    tiles_h, tiles_w = -(-out_h // _TILE_OUT), -(-out_w // _TILE_OUT)
+    padded_h, padded_w = _TILE_OUT * tiles_h + 2, _TILE_OUT * tiles_w + 2
+    padded = F.pad(
+        x.permute(0, 2, 3, 1),
+        (0, 0, pad_w, padded_w - width - pad_w, pad_h, padded_h - height - pad_h),
+    )
+    # (tile row, tile column, n, tile y, tile x, channel), one copy.
+    row, pixel = padded_w * channels, channels
+    tiles = padded.as_strided(
+        (_TILE, _TILE, n, tiles_h, tiles_w, channels),
+        (row, pixel, padded_h * row, _TILE_OUT * row, _TILE_OUT * pixel, 1),
+    ).reshape(_TILE, -1)
+    input_transform = _WINOGRAD_INPUT.to(x)
+    transformed = torch.matmul(
+        input_transform, torch.mm(input_transform, tiles).view(_TILE, _TILE, -1)
+    )
+    products = torch.bmm(transformed.view(_TILE * _TILE, -1, channels), transformed_weight)
+    output_transform = _WINOGRAD_OUTPUT.to(x)
+    out_tiles = torch.matmul(
+        output_transform,
+        torch.mm(output_transform, products.view(_TILE, -1)).view(_TILE_OUT, _TILE, -1),
+    )
+    out_tiles = (
+        out_tiles.view(_TILE_OUT, _TILE_OUT, n, tiles_h, tiles_w, out_channels)
+        .permute(2, 3, 0, 4, 1, 5)
+        .reshape(n, _TILE_OUT * tiles_h, _TILE_OUT * tiles_w, out_channels)[:, :out_h, :out_w]
+    )
+    out = x.new_empty((n, out_h, out_w, out_channels))
+    if bias is None:
+        out.copy_(out_tiles)
+    else:
+        torch.add(out_tiles, bias, out=out)
+    return out.permute(0, 3, 1, 2)
+
+
+def _num_output_tiles(input_shape, padding):
+    n, _, height, width = input_shape
+    out_h, out_w = height + 2 * padding[0] - 2, width + 2 * padding[1] - 2
+    return n * -(-out_h // _TILE_OUT) * -(-out_w // _TILE_OUT)
+
+
+def winograd_transform_weight(weight):
+    """(K, C, 3, 3) filters -> (36, C, K): G g G^T per filter, computed in float64."""
+    out_channels, in_channels = weight.shape[:2]
+    transform = _WINOGRAD_FILTER.to(weight.device)
+    transformed = torch.einsum("ia,kcab,jb->ijck", transform, weight.double(), transform)
+    return transformed.reshape(_TILE * _TILE, in_channels, out_channels).to(weight.dtype)
+
+
+class _WinogradConv2d(nn.Module):
+    """A 3x3, stride-1 convolution run by :func:`winograd_conv3x3` on CPU inputs of at least
+    ``min_tiles`` 4x4 output tiles; with fewer the (tiles, C) matrix products are too small to
+    run fast and the wrapped conv runs as it is. Only convs with at least ``min_channels`` input
+    and output channels are wrapped: with fewer the tile transforms, which cost per value, not
+    per multiply-add, outweigh the saving. Measured on 2 cores (channels-last, oneDNN's direct
+    conv in brackets): 256 -> 256 channels on 80x80 18.7 ms (38.6), on 20x20 1.6 (2.6); 512 ->
+    512 on 20 RoIs of 14x14 46 ms (92); 128 -> 128 on 40x40 1.6 (2.5); but 512 -> 512 on 10x10
+    (9 tiles) 3.7 (2.7), 64 -> 64 on 160x160 10.6 (9.7). Results differ from the direct
+    convolution's by float rounding (relative ~5e-5 at 512 input channels). The transformed
+    filters are cached and recomputed when the conv's weight changes (e.g. ``load_state_dict``),
+    so the conv's weight stays the one truth.
+    """
+
+    min_tiles = 16
+    min_channels = 128
 
     def __init__(self, conv: nn.Conv2d):
         super().__init__()
         self.conv = conv
-        # NNPACK reads NCHW weights; oneDNN (the small maps) reorders weights of any layout.
-        conv.weight = nn.Parameter(conv.weight.detach().contiguous())
+        self._transformed_weight = None
+        self._transformed_weight_key = None
+
+    def _current_transformed_weight(self):
+        weight = self.conv.weight
+        key = (weight.data_ptr(), weight._version, weight.dtype)
+        if key != self._transformed_weight_key:
+            with torch.no_grad():
+                self._transformed_weight = winograd_transform_weight(weight)
+            self._transformed_weight_key = key
+        return self._transformed_weight
 
     def forward(self, x):
         conv = self.conv
         if (
             x.device.type != "cpu"
             or x.dtype != torch.float32
-            or x.shape[-2] * x.shape[-1] < self.min_pixels
-            or x.shape[0] == 0
+            or _num_output_tiles(x.shape, conv.padding) < self.min_tiles
             or torch.is_grad_enabled()
             or torch.jit.is_tracing()
-            # Also initialises NNPACK, e.g. in a process that unpickled this module.
-            or not torch.backends.nnpack.is_available()
         ):
             return conv(x)
-        out = torch._nnpack_spatial_convolution(
-            x.contiguous(), conv.weight.contiguous(), conv.bias, conv.padding
-        )
+        out = winograd_conv3x3(x, self._current_transformed_weight(), conv.bias, conv.padding)
         if getattr(conv, "norm", None) is not None:
             out = conv.norm(out)
         if getattr(conv, "activation", None) is not None:
@@ -222,8 +331,70 @@ def _winograd_conv(module):
         and module.groups == 1
         and module.padding_mode == "zeros"
         and isinstance(module.padding, tuple)
+        and min(module.in_channels, module.out_channels) >= _WinogradConv2d.min_channels
     ):
         return _WinogradConv2d(module)
+    return None
+
+
+class _GemmConvTranspose2d(nn.Module):
+    """A transposed convolution computed as one matrix product, (pixels, C_in) x (C_in,
+    C_out * kh * kw), whose columns are then summed into the output by ``F.fold`` (col2im).
+    oneDNN's transposed conv runs the heatmap predictor of the keypoint heads (20 RoIs, 512 ->
+    17 channels, 14x14 -> 28x28, 4x4 kernel, stride 2) in 10.7 ms on 2 cores, this in 7.9 ms.
+    The output is NCHW."""
+
+    def __init__(self, deconv: nn.ConvTranspose2d):
+        super().__init__()
+        self.deconv = deconv
+
+    def forward(self, x):
+        deconv = self.deconv
+        if (
+            x.device.type != "cpu"
+            or x.dtype != torch.float32
+            or x.shape[0] == 0
+            or torch.is_grad_enabled()
+            or torch.jit.is_tracing()
+        ):
+            return deconv(x)
+        n, in_channels, height, width = x.shape
+        output_size = [
+            (size - 1) * stride - 2 * pad + dilation * (kernel - 1) + extra + 1
+            for size, stride, pad, dilation, kernel, extra in zip(
+                (height, width),
+                deconv.stride,
+                deconv.padding,
+                deconv.dilation,
+                deconv.kernel_size,
+                deconv.output_padding,
+            )
+        ]
+        columns = torch.mm(
+            x.permute(0, 2, 3, 1).reshape(n * height * width, in_channels),
+            deconv.weight.reshape(in_channels, -1),
+        )
+        out = F.fold(
+            columns.view(n, height * width, -1).transpose(1, 2),
+            output_size,
+            deconv.kernel_size,
+            dilation=deconv.dilation,
+            padding=deconv.padding,
+            stride=deconv.stride,
+        )
+        if deconv.bias is not None:
+            out += deconv.bias.view(-1, 1, 1)
+        return out
+
+
+def _gemm_conv_transpose(module):
+    if (
+        type(module) is nn.ConvTranspose2d
+        and module.groups == 1
+        and module.padding_mode == "zeros"
+        and isinstance(module.padding, tuple)
+    ):
+        return _GemmConvTranspose2d(module)
     return None
 
 
@@ -280,7 +451,13 @@ def _flatten_box_features_channels_last(model: nn.Module) -> int:
 
 
 # Modules made by the rewrites: their children are not rewritten again.
-_REWRITTEN = (_SplitEDWConv, _WinogradConv2d, ChannelsLastROIPooler, _ChannelsLastFlattenLinear)
+_REWRITTEN = (
+    _SplitEDWConv,
+    _WinogradConv2d,
+    _GemmConvTranspose2d,
+    ChannelsLastROIPooler,
+    _ChannelsLastFlattenLinear,
+)
 
 
 def optimize_for_inference(model: nn.Module, device=None) -> nn.Module:
@@ -307,9 +484,9 @@ def optimize_for_inference(model: nn.Module, device=None) -> nn.Module:
         counts["EDWConvs"] = _replace_modules(model, _split_edwconv)
         counts["channels-last RoI poolers"] = _replace_modules(model, _channels_last_pooler)
         counts["channels-last box-feature flattens"] = _flatten_box_features_channels_last(model)
+        counts["Winograd convs"] = _replace_modules(model, _winograd_conv)
+        counts["transposed convs"] = _replace_modules(model, _gemm_conv_transpose)
         model.to(memory_format=torch.channels_last)
-        if torch.backends.nnpack.is_available():
-            counts["Winograd convs"] = _replace_modules(model, _winograd_conv)
     logger.info(
         "optimize_for_inference (%s): %s",
         device,

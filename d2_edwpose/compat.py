@@ -30,6 +30,9 @@ DDP of a CPU model         detectron2 0.6 and later on a machine       ``create_
                            ``device_ids=[local rank]``, which          ``device_ids=None``
                            ``DistributedDataParallel`` rejects for
                            CPU models
+CPU autocast query         torch < 2.4: ``torch.is_autocast_enabled``  :func:`cpu_autocast_enabled`
+                           takes no device type (2.4 deprecates        answers on every version
+                           ``is_autocast_cpu_enabled``)
 =========================  ==========================================  =========================
 
 The hook must be active before detectron2 is first imported, in any order of imports. The
@@ -46,7 +49,13 @@ import logging
 import sys
 import types
 
-__all__ = ["Caffe2Unavailable", "CompiledOpUnavailable", "install", "has_compiled_ops"]
+__all__ = [
+    "Caffe2Unavailable",
+    "CompiledOpUnavailable",
+    "install",
+    "has_compiled_ops",
+    "cpu_autocast_enabled",
+]
 
 BUILD_FROM_SOURCE_HINT = (
     "This detectron2 is a Python-only build without its compiled extension detectron2._C. "
@@ -271,6 +280,16 @@ class _Shim:
         self.before = before
         self.after = after
         self.stand_in = stand_in
+
+
+def cpu_autocast_enabled() -> bool:
+    """Whether CPU autocast is on (e.g. ``torch.autocast("cpu", torch.bfloat16)``)."""
+    import torch
+
+    try:
+        return torch.is_autocast_enabled("cpu")
+    except TypeError:  # torch < 2.4: no device argument
+        return torch.is_autocast_cpu_enabled()
 
 
 def _pil_lacks_linear():

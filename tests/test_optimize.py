@@ -147,17 +147,21 @@ def test_only_roi_align_poolers_are_replaced():
 
 
 @pytest.mark.parametrize(
-    "batch, channels, out_channels, height, width, padding, bias, channels_last",
+    "batch, channels, out_channels, height, width, padding, bias, channels_last, max_tiles",
     [
-        (1, 16, 8, 20, 20, (1, 1), True, True),
-        (2, 7, 5, 33, 47, (1, 1), False, True),  # sizes that leave partial 4x4 tiles
-        (3, 4, 6, 9, 10, (0, 0), True, False),  # NCHW input
-        (1, 5, 3, 13, 11, (2, 1), True, True),  # padding wider than the kernel's half
-        (1, 3, 2, 5, 6, (0, 2), False, True),
+        (1, 16, 8, 20, 20, (1, 1), True, True, 1024),
+        (2, 7, 5, 33, 47, (1, 1), False, True, 1024),  # sizes that leave partial 4x4 tiles
+        (3, 4, 6, 9, 10, (0, 0), True, False, 1024),  # NCHW input
+        (2, 4, 3, 10, 10, (0, 0), True, False, 1024),  # NCHW, nothing to pad
+        (1, 5, 3, 13, 11, (2, 1), True, True, 1024),  # padding wider than the kernel's half
+        (1, 3, 2, 5, 6, (0, 2), False, True, 1024),
+        (5, 4, 3, 8, 12, (1, 1), True, True, 12),  # in chunks of 2 images, the last of 1
+        (2, 4, 3, 13, 11, (1, 1), True, True, 5),  # in bands of 1 and 2 tile rows
+        (2, 4, 3, 18, 7, (1, 1), True, True, 4),
     ],
 )  # fmt: skip
 def test_winograd_conv3x3_equals_the_convolution(
-    batch, channels, out_channels, height, width, padding, bias, channels_last
+    batch, channels, out_channels, height, width, padding, bias, channels_last, max_tiles
 ):
     generator = torch.Generator().manual_seed(0)
     x = torch.randn(batch, channels, height, width, generator=generator)
@@ -168,7 +172,8 @@ def test_winograd_conv3x3_equals_the_convolution(
     expected = F.conv2d(
         x.double(), weight.double(), None if bias is None else bias.double(), padding=padding
     )
-    out = optimize.winograd_conv3x3(x, optimize.winograd_transform_weight(weight), bias, padding)
+    transformed_weight = optimize.winograd_transform_weight(weight)
+    out = optimize.winograd_conv3x3(x, transformed_weight, bias, padding, max_tiles)
     assert out.shape == expected.shape
     assert out.is_contiguous(memory_format=torch.channels_last)
     scale = expected.abs().max().item()
@@ -216,20 +221,60 @@ def test_winograd_convs_run_wide_convs_on_enough_tiles(monkeypatch):
     assert calls == [] and optimized[0].conv.weight.grad is not None
 
 
-def test_winograd_conv_follows_weights_loaded_later():
+def test_winograd_conv_follows_its_weight(monkeypatch):
+    calls = []
+    winograd = optimize.winograd_conv3x3
+
+    def counted_winograd(x, *args):
+        calls.append(tuple(x.shape))
+        return winograd(x, *args)
+
+    monkeypatch.setattr(optimize, "winograd_conv3x3", counted_winograd)
     torch.manual_seed(0)
     conv = nn.Conv2d(128, 128, 3, padding=1).eval()
     wrapped = optimize._winograd_conv(conv)
     x = torch.randn(1, 128, 16, 16)
-    new_weights = {
-        "weight": torch.randn_like(conv.weight) * 0.1,
-        "bias": torch.randn_like(conv.bias),
-    }
+
+    def assert_runs_conv_of(weight, bias, module=wrapped):
+        calls.clear()
+        with torch.no_grad():
+            expected = F.conv2d(x, weight, bias, padding=1)
+            atol = 2e-5 * expected.abs().max().item()
+            torch.testing.assert_close(module(x), expected, rtol=1e-4, atol=atol)
+        assert calls == [tuple(x.shape)]  # by Winograd
+
+    assert_runs_conv_of(conv.weight, conv.bias)  # transforms and caches the weight
+    loaded = {"weight": torch.randn_like(conv.weight) * 0.1, "bias": torch.randn_like(conv.bias)}
+    wrapped.conv.load_state_dict(loaded)  # copies in place
+    assert_runs_conv_of(loaded["weight"], loaded["bias"])
+    conv.weight = nn.Parameter(torch.randn_like(conv.weight) * 0.1)  # a new tensor
+    assert_runs_conv_of(conv.weight, conv.bias)
+    # Copies drop the cache and transform their own weights.
+    copied = copy.deepcopy(wrapped)
+    assert copied._transformed_weight is None
     with torch.no_grad():
-        wrapped(x)  # transforms and caches the initial weight
-        wrapped.conv.load_state_dict(new_weights)
-        expected = F.conv2d(x, new_weights["weight"], new_weights["bias"], padding=1)
-        torch.testing.assert_close(wrapped(x), expected, rtol=1e-4, atol=1e-4)
+        copied.conv.weight.mul_(2)
+    assert_runs_conv_of(copied.conv.weight, copied.conv.bias, copied)
+    assert_runs_conv_of(conv.weight, conv.bias)
+    # Weights made in inference mode have no version counter: transformed on every call.
+    with torch.inference_mode():
+        inference_conv = nn.Conv2d(128, 128, 3, padding=1).eval()
+    wrapped_inference_conv = optimize._winograd_conv(inference_conv)
+    assert_runs_conv_of(inference_conv.weight, inference_conv.bias, wrapped_inference_conv)
+
+
+def test_cpu_rewrites_leave_autocast_to_the_modules_they_replaced(monkeypatch):
+    calls = []
+    monkeypatch.setattr(optimize, "winograd_conv3x3", lambda *args: calls.append(args))
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(128, 128, 3, padding=1), nn.ConvTranspose2d(128, 4, 4, 2, 1))
+    optimized = optimize_for_inference(copy.deepcopy(model.eval()), device="cpu")
+    assert [type(m).__name__ for m in optimized] == ["_WinogradConv2d", "_GemmConvTranspose2d"]
+    x = torch.randn(1, 128, 16, 16)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        expected, out = model(x), optimized(x)
+    assert calls == [] and out.dtype == expected.dtype == torch.bfloat16
+    torch.testing.assert_close(out, expected, rtol=0.05, atol=0.05)
 
 
 @pytest.mark.parametrize(
@@ -261,8 +306,24 @@ def test_transposed_convs_as_matrix_products_equal_them(
     # With autograd the transposed conv itself runs, and trains.
     optimized(inputs[0]).sum().backward()
     assert optimized.deconv.weight.grad is not None
-    # Grouped transposed convs are left as they are.
+    # Grouped transposed convs, and output padding over the stride (allowed below the
+    # dilation), are left as they are.
     assert optimize._gemm_conv_transpose(nn.ConvTranspose2d(4, 4, 2, groups=2)) is None
+    wide_output_padding = nn.ConvTranspose2d(4, 3, 3, padding=1, output_padding=1, dilation=2)
+    assert optimize._gemm_conv_transpose(wide_output_padding) is None
+
+
+def test_transposed_conv_as_matrix_product_falls_back_where_it_does_not_apply():
+    torch.manual_seed(0)
+    deconv = nn.ConvTranspose2d(8, 4, 4, stride=2, padding=1).eval()
+    optimized = optimize._gemm_conv_transpose(copy.deepcopy(deconv))
+    x = torch.randn(2, 8, 5, 5)
+    with torch.no_grad():
+        # output_size picks among the sizes that the stride allows.
+        out = optimized(x, output_size=[11, 11])
+        torch.testing.assert_close(out, deconv(x, output_size=[11, 11]))
+        assert out.shape == (2, 4, 11, 11)
+        torch.testing.assert_close(optimized(x[0]), deconv(x[0]))  # unbatched
 
 
 def test_module_lists_that_forwards_iterate_are_updated():

@@ -20,6 +20,8 @@
 * **Winograd convolutions** (CPU): wide 3x3 stride-1 convs (the FPN's and RPN's, the vanilla
   keypoint head's) run the Winograd algorithm F(4x4, 3x3) on channels-last maps, 4x fewer
   multiply-adds (:class:`_WinogradConv2d`).
+* **transposed convs as a matrix product** (CPU): the keypoint heads' heatmap predictor runs
+  as one matrix product and a col2im sum (:class:`_GemmConvTranspose2d`).
 
 Each rewrite gives the same result up to float rounding (folding reorders a product, Winograd
 transforms the tiles); ``tests/test_optimize.py`` checks equal detections with boxes and
@@ -35,7 +37,7 @@ from torch.nn.utils.fusion import fuse_conv_bn_weights
 from detectron2.layers import Conv2d, FrozenBatchNorm2d
 
 from ..layers import EDWConv
-from .roi_pooling import ChannelsLastROIPooler
+from .roi_pooling import ChannelsLastROIPooler, is_cpu_float32_inference
 
 __all__ = ["optimize_for_inference", "fold_conv_norms"]
 
@@ -204,13 +206,17 @@ _WINOGRAD_OUTPUT = torch.tensor(
 _TILE, _TILE_OUT = 6, 4
 
 
-def winograd_conv3x3(x, transformed_weight, bias, padding):
+def winograd_conv3x3(x, transformed_weight, bias, padding, max_tiles=1024):
     """A 3x3, stride-1, dilation-1 convolution of ``x`` (N, C, H, W) by Winograd F(4x4, 3x3).
 
     Args:
         transformed_weight: (36, C, K) from :func:`winograd_transform_weight`.
         bias: (K,) or None.
         padding: (pad_h, pad_w) zero padding.
+        max_tiles: 4x4 output tiles computed at once (whole images, or bands of tile rows
+            of one image). The intermediates are 36 x tiles x C values; beyond ~1,000 tiles
+            they leave the caches (1,000 RoIs of 256 x 7 x 7 at once: 413 ms; in chunks: below
+            oneDNN's 269 ms).
     Returns:
         (N, K, H_out, W_out), channels-last.
 
@@ -219,22 +225,48 @@ def winograd_conv3x3(x, transformed_weight, bias, padding):
     along columns, d B, into (36, tiles, C): each tile position's values over all tiles form a
     (tiles, C) matrix. The 36 positions are one batched (tiles, C) x (C, K) product, 2.25
     multiply-adds per output pixel and channel pair instead of 9, and A^T m A maps them back.
-    Transforming row bands before cutting tiles copies only the overlap of columns: 1.5 times
-    the input instead of 2.25 times.
+    The row transform runs on the bands (1.5 times the input) rather than on the cut tiles
+    (2.25 times).
     """
     n, channels, height, width = x.shape
-    out_channels = transformed_weight.shape[2]
     pad_h, pad_w = padding
     out_h, out_w = height + 2 * pad_h - 2, width + 2 * pad_w - 2
     tiles_h, tiles_w = -(-out_h // _TILE_OUT), -(-out_w // _TILE_OUT)
     padded_h, padded_w = _TILE_OUT * tiles_h + 2, _TILE_OUT * tiles_w + 2
+    # contiguous(): with nothing to pad, F.pad returns a clone in the input's layout.
     padded = F.pad(
         x.permute(0, 2, 3, 1),
         (0, 0, pad_w, padded_w - width - pad_w, pad_h, padded_h - height - pad_h),
-    )
-    input_transform = _WINOGRAD_INPUT.to(x)
-    row = padded_w * channels
-    bands = padded.as_strided((n, tiles_h, _TILE, row), (padded_h * row, _TILE_OUT * row, row, 1))
+    ).contiguous()
+    out = x.new_empty((n, out_h, out_w, transformed_weight.shape[2]))
+    if tiles_h * tiles_w <= max_tiles:
+        images = max_tiles // (tiles_h * tiles_w)
+        for start in range(0, n, images):
+            chunk = slice(start, start + images)
+            _winograd_tiles(padded[chunk], transformed_weight, bias, out[chunk])
+    else:
+        tile_rows = max(1, max_tiles // tiles_w)
+        for image in range(n):
+            for first in range(0, tiles_h, tile_rows):
+                last = min(first + tile_rows, tiles_h)
+                _winograd_tiles(
+                    padded[image : image + 1, _TILE_OUT * first : _TILE_OUT * last + 2],
+                    transformed_weight,
+                    bias,
+                    out[image : image + 1, _TILE_OUT * first : _TILE_OUT * last],
+                )
+    return out.permute(0, 3, 1, 2)
+
+
+def _winograd_tiles(padded, transformed_weight, bias, out):
+    """Fill ``out`` (n, <= 4 * tile rows, <= 4 * tile columns, K) from ``padded`` (n,
+    4 * tile rows + 2, 4 * tile columns + 2, C), both NHWC slices of contiguous tensors."""
+    n, padded_h, padded_w, channels = padded.shape
+    tiles_h, tiles_w = (padded_h - 2) // _TILE_OUT, (padded_w - 2) // _TILE_OUT
+    out_h, out_w, out_channels = out.shape[1:]
+    input_transform = _WINOGRAD_INPUT.to(padded)
+    row, image = padded.stride(1), padded.stride(0)
+    bands = padded.as_strided((n, tiles_h, _TILE, row), (image, _TILE_OUT * row, row, 1))
     # (n, tile y, transformed row, pixels of the band)
     rows_transformed = torch.matmul(input_transform, bands)
     # (transformed row, tile column, n, tile y, tile x, channel), one copy.
@@ -244,7 +276,7 @@ def winograd_conv3x3(x, transformed_weight, bias, padding):
     ).reshape(_TILE, _TILE, -1)
     transformed = torch.matmul(input_transform, tiles)
     products = torch.bmm(transformed.view(_TILE * _TILE, -1, channels), transformed_weight)
-    output_transform = _WINOGRAD_OUTPUT.to(x)
+    output_transform = _WINOGRAD_OUTPUT.to(padded)
     out_tiles = torch.matmul(
         output_transform,
         torch.mm(output_transform, products.view(_TILE, -1)).view(_TILE_OUT, _TILE, -1),
@@ -254,12 +286,10 @@ def winograd_conv3x3(x, transformed_weight, bias, padding):
         .permute(2, 3, 0, 4, 1, 5)
         .reshape(n, _TILE_OUT * tiles_h, _TILE_OUT * tiles_w, out_channels)[:, :out_h, :out_w]
     )
-    out = x.new_empty((n, out_h, out_w, out_channels))
     if bias is None:
         out.copy_(out_tiles)
     else:
         torch.add(out_tiles, bias, out=out)
-    return out.permute(0, 3, 1, 2)
 
 
 def _num_output_tiles(input_shape, padding):
@@ -273,21 +303,26 @@ def winograd_transform_weight(weight):
     out_channels, in_channels = weight.shape[:2]
     transform = _WINOGRAD_FILTER.to(weight.device)
     transformed = torch.einsum("ia,kcab,jb->ijck", transform, weight.double(), transform)
-    return transformed.reshape(_TILE * _TILE, in_channels, out_channels).to(weight.dtype)
+    transformed = transformed.reshape(_TILE * _TILE, in_channels, out_channels)
+    return transformed.to(weight.dtype).contiguous()
 
 
 class _WinogradConv2d(nn.Module):
-    """A 3x3, stride-1 convolution run by :func:`winograd_conv3x3` on CPU inputs of at least
-    ``min_tiles`` 4x4 output tiles; with fewer the (tiles, C) matrix products are too small to
-    run fast and the wrapped conv runs as it is. Only convs with at least ``min_channels`` input
-    and output channels are wrapped: with fewer the tile transforms, which cost per value, not
-    per multiply-add, outweigh the saving. Measured on 2 cores (channels-last, oneDNN's direct
-    conv in brackets): 256 -> 256 channels on 80x80 18.7 ms (38.6), on 20x20 1.6 (2.6); 512 ->
-    512 on 20 RoIs of 14x14 46 ms (92); 128 -> 128 on 40x40 1.6 (2.5); but 512 -> 512 on 10x10
-    (9 tiles) 3.7 (2.7), 64 -> 64 on 160x160 10.6 (9.7). Results differ from the direct
-    convolution's by float rounding (relative ~5e-5 at 512 input channels). The transformed
-    filters are cached and recomputed when the conv's weight changes (e.g. ``load_state_dict``),
-    so the conv's weight stays the one truth.
+    """A 3x3, stride-1 convolution run by :func:`winograd_conv3x3` for CPU inference
+    (:func:`~.roi_pooling.is_cpu_float32_inference`) on inputs of at least ``min_tiles`` 4x4
+    output tiles; with fewer the (tiles, C) matrix products are too small to run fast and the
+    wrapped conv runs as it is. Only convs with at least ``min_channels`` input and output
+    channels are wrapped: with fewer the tile transforms, which cost per value, not per
+    multiply-add, outweigh the saving. Measured on 2 cores (channels-last, oneDNN's direct conv
+    in brackets): 256 -> 256 channels on 80x80 17.1 ms (38.9), on 20x20 1.5 (2.7); 512 -> 512
+    on 20 RoIs of 14x14 45 ms (93); 128 -> 128 on 40x40 1.8 (2.5); but 512 -> 512 on 10x10
+    (9 tiles) 3.0 (2.5), 64 -> 64 on 80x80 2.7 (2.5). Results differ from the direct
+    convolution's by float rounding (relative ~5e-5 at 512 input channels).
+
+    The transformed filters (4x the conv's weight: 36 values per filter instead of 9) are
+    cached, recomputed when the conv's weight is replaced or changed in place (its version
+    counter: ``load_state_dict``, optimizer steps; not writes through ``weight.data``), and not
+    pickled or deep-copied: the conv's weight stays the one truth.
     """
 
     min_tiles = 16
@@ -297,25 +332,37 @@ class _WinogradConv2d(nn.Module):
         super().__init__()
         self.conv = conv
         self._transformed_weight = None
-        self._transformed_weight_key = None
+        self._transformed_from = None
+        self._transformed_version = None
 
     def _current_transformed_weight(self):
-        weight = self.conv.weight
-        key = (weight.data_ptr(), weight._version, weight.dtype)
-        if key != self._transformed_weight_key:
+        weight, source = self.conv.weight, self._transformed_from
+        # The source is kept (detached: same storage), so that its storage cannot be freed and
+        # reused by another weight at the same address.
+        if (
+            source is None
+            or source.data_ptr() != weight.data_ptr()
+            or source.dtype != weight.dtype
+            or weight.is_inference()  # no version counter: no way to tell
+            or weight._version != self._transformed_version
+        ):
             with torch.no_grad():
                 self._transformed_weight = winograd_transform_weight(weight)
-            self._transformed_weight_key = key
+            self._transformed_from = weight.detach()
+            self._transformed_version = None if weight.is_inference() else weight._version
         return self._transformed_weight
+
+    def __getstate__(self):
+        state = self.__dict__.copy()
+        state["_transformed_weight"] = state["_transformed_from"] = None
+        return state
 
     def forward(self, x):
         conv = self.conv
         if (
-            x.device.type != "cpu"
-            or x.dtype != torch.float32
+            x.dim() != 4
+            or not is_cpu_float32_inference(x)
             or _num_output_tiles(x.shape, conv.padding) < self.min_tiles
-            or torch.is_grad_enabled()
-            or torch.jit.is_tracing()
         ):
             return conv(x)
         out = winograd_conv3x3(x, self._current_transformed_weight(), conv.bias, conv.padding)
@@ -346,22 +393,25 @@ class _GemmConvTranspose2d(nn.Module):
     C_out * kh * kw), whose columns are then summed into the output by ``F.fold`` (col2im).
     oneDNN's transposed conv runs the heatmap predictor of the keypoint heads (20 RoIs, 512 ->
     17 channels, 14x14 -> 28x28, 4x4 kernel, stride 2) in 10.7 ms on 2 cores, this in 7.9 ms.
-    The output is NCHW."""
+    Outside :func:`~.roi_pooling.is_cpu_float32_inference`, for empty or unbatched inputs and
+    with ``output_size`` the transposed conv runs as it is. The output is NCHW."""
 
     def __init__(self, deconv: nn.ConvTranspose2d):
         super().__init__()
         self.deconv = deconv
+        # (C_in, C_out * kh * kw) is a view of contiguous (not channels-last) weights.
+        weight = deconv.weight
+        deconv.weight = nn.Parameter(weight.detach().contiguous(), weight.requires_grad)
 
-    def forward(self, x):
+    def forward(self, x, output_size=None):
         deconv = self.deconv
         if (
-            x.device.type != "cpu"
-            or x.dtype != torch.float32
+            output_size is not None
+            or x.dim() != 4
             or x.shape[0] == 0
-            or torch.is_grad_enabled()
-            or torch.jit.is_tracing()
+            or not is_cpu_float32_inference(x)
         ):
-            return deconv(x)
+            return deconv(x, output_size)
         n, in_channels, height, width = x.shape
         output_size = [
             (size - 1) * stride - 2 * pad + dilation * (kernel - 1) + extra + 1
@@ -397,6 +447,8 @@ def _gemm_conv_transpose(module):
         and module.groups == 1
         and module.padding_mode == "zeros"
         and isinstance(module.padding, tuple)
+        # PyTorch also allows output_padding < dilation; col2im only < stride.
+        and all(extra < stride for extra, stride in zip(module.output_padding, module.stride))
     ):
         return _GemmConvTranspose2d(module)
     return None
@@ -489,8 +541,8 @@ def optimize_for_inference(model: nn.Module, device=None) -> nn.Module:
         counts["channels-last RoI poolers"] = _replace_modules(model, _channels_last_pooler)
         counts["channels-last box-feature flattens"] = _flatten_box_features_channels_last(model)
         counts["Winograd convs"] = _replace_modules(model, _winograd_conv)
-        counts["transposed convs"] = _replace_modules(model, _gemm_conv_transpose)
         model.to(memory_format=torch.channels_last)
+        counts["transposed convs"] = _replace_modules(model, _gemm_conv_transpose)
     logger.info(
         "optimize_for_inference (%s): %s",
         device,

@@ -26,7 +26,22 @@ from detectron2.modeling.poolers import (
 )
 from detectron2.structures import Boxes
 
-__all__ = ["ChannelsLastROIPooler", "roi_align_sampling"]
+from ..compat import cpu_autocast_enabled
+
+__all__ = ["ChannelsLastROIPooler", "roi_align_sampling", "is_cpu_float32_inference"]
+
+
+def is_cpu_float32_inference(x: torch.Tensor) -> bool:
+    """Where the CPU inference rewrites of ``optimize_for_inference`` take their own path:
+    eager (not tracing), no autograd, no autocast, on a float32 CPU tensor. Elsewhere they run
+    the module they replaced."""
+    return (
+        not torch.jit.is_tracing()
+        and not torch.is_grad_enabled()
+        and x.device.type == "cpu"
+        and x.dtype == torch.float32
+        and not cpu_autocast_enabled()
+    )
 
 
 def _axis_sampling(start, extent, length, pooled: int, sampling_ratio: int, aligned: bool):
@@ -148,8 +163,8 @@ class ChannelsLastROIPooler(ROIPooler):
     detectron2's :class:`ROIPooler` for ``ROIAlign``/``ROIAlignV2``, pooling CPU inference
     calls with one weighted gather over all levels (see the module docstring). It returns the
     same (M, C, output_h, output_w) tensor up to float rounding, in channels-last memory.
-    Autograd, other devices and dtypes than float32, and tracing take detectron2's path; it is
-    not scriptable.
+    Outside :func:`is_cpu_float32_inference` (autograd, other devices and dtypes, autocast,
+    tracing) it takes detectron2's path; it is not scriptable.
     """
 
     @classmethod
@@ -176,13 +191,7 @@ class ChannelsLastROIPooler(ROIPooler):
     max_padding_fraction = 0.5
 
     def forward(self, x: List[torch.Tensor], box_lists: List[Boxes]):
-        if (
-            torch.is_grad_enabled()
-            or x[0].device.type != "cpu"
-            or x[0].dtype != torch.float32
-            or torch.jit.is_tracing()
-            or sum(len(boxes) for boxes in box_lists) == 0
-        ):
+        if not is_cpu_float32_inference(x[0]) or sum(len(boxes) for boxes in box_lists) == 0:
             return super().forward(x, box_lists)
         # detectron2's checks: a mismatch would read another map's pixels here.
         if len(x) != len(self.level_poolers):

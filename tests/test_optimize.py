@@ -180,14 +180,22 @@ def test_winograd_conv3x3_equals_the_convolution(
     torch.testing.assert_close(out.double(), expected, rtol=1e-5, atol=1e-5 * scale)
 
 
-def test_winograd_convs_run_wide_convs_on_enough_tiles(monkeypatch):
+@pytest.fixture
+def winograd_calls(monkeypatch):
+    """The input shapes of the calls of ``winograd_conv3x3``, appended as they happen."""
     calls = []
     winograd = optimize.winograd_conv3x3
+
     def counted_winograd(x, *args):
         calls.append(tuple(x.shape))
         return winograd(x, *args)
 
     monkeypatch.setattr(optimize, "winograd_conv3x3", counted_winograd)
+    return calls
+
+
+def test_winograd_convs_run_wide_convs_on_enough_tiles(winograd_calls):
+    calls = winograd_calls
     torch.manual_seed(0)
     model = nn.Sequential(
         Conv2d(128, 128, 3, padding=1, activation=nn.ReLU()),
@@ -221,15 +229,8 @@ def test_winograd_convs_run_wide_convs_on_enough_tiles(monkeypatch):
     assert calls == [] and optimized[0].conv.weight.grad is not None
 
 
-def test_winograd_conv_follows_its_weight(monkeypatch):
-    calls = []
-    winograd = optimize.winograd_conv3x3
-
-    def counted_winograd(x, *args):
-        calls.append(tuple(x.shape))
-        return winograd(x, *args)
-
-    monkeypatch.setattr(optimize, "winograd_conv3x3", counted_winograd)
+def test_winograd_conv_follows_its_weight(winograd_calls):
+    calls = winograd_calls
     torch.manual_seed(0)
     conv = nn.Conv2d(128, 128, 3, padding=1).eval()
     wrapped = optimize._winograd_conv(conv)
@@ -263,9 +264,8 @@ def test_winograd_conv_follows_its_weight(monkeypatch):
     assert_runs_conv_of(inference_conv.weight, inference_conv.bias, wrapped_inference_conv)
 
 
-def test_cpu_rewrites_leave_autocast_to_the_modules_they_replaced(monkeypatch):
-    calls = []
-    monkeypatch.setattr(optimize, "winograd_conv3x3", lambda *args: calls.append(args))
+def test_cpu_rewrites_leave_autocast_to_the_modules_they_replaced(winograd_calls):
+    calls = winograd_calls
     torch.manual_seed(0)
     model = nn.Sequential(nn.Conv2d(128, 128, 3, padding=1), nn.ConvTranspose2d(128, 4, 4, 2, 1))
     optimized = optimize_for_inference(copy.deepcopy(model.eval()), device="cpu")

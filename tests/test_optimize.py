@@ -264,6 +264,21 @@ def test_winograd_conv_follows_its_weight(winograd_calls):
     assert_runs_conv_of(inference_conv.weight, inference_conv.bias, wrapped_inference_conv)
 
 
+def test_cpu_rewrites_trace_as_the_modules_they_replaced():
+    # Exports trace the model: its graph must hold the original ops, valid for any input.
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(128, 128, 3, padding=1), nn.ConvTranspose2d(128, 4, 4, 2, 1))
+    optimized = optimize_for_inference(copy.deepcopy(model.eval()), device="cpu")
+    assert [type(m).__name__ for m in optimized] == ["_WinogradConv2d", "_GemmConvTranspose2d"]
+    x = torch.randn(1, 128, 16, 16)
+    with torch.no_grad():
+        traced = torch.jit.trace(optimized, x)
+        graph = str(traced.inlined_graph)
+        assert graph.count("aten::_convolution") == 2
+        assert "aten::bmm" not in graph and "aten::col2im" not in graph
+        torch.testing.assert_close(traced(x), model(x), rtol=1e-5, atol=1e-5)
+
+
 def test_cpu_rewrites_leave_autocast_to_the_modules_they_replaced(winograd_calls):
     calls = winograd_calls
     torch.manual_seed(0)

@@ -239,11 +239,12 @@ def winograd_conv3x3(x, transformed_weight, bias, padding, max_tiles=1024):
         (0, 0, pad_w, padded_w - width - pad_w, pad_h, padded_h - height - pad_h),
     ).contiguous()
     out = x.new_empty((n, out_h, out_w, transformed_weight.shape[2]))
+    transforms = _WINOGRAD_INPUT.to(x), _WINOGRAD_OUTPUT.to(x)
     if tiles_h * tiles_w <= max_tiles:
         images = max_tiles // (tiles_h * tiles_w)
         for start in range(0, n, images):
             chunk = slice(start, start + images)
-            _winograd_tiles(padded[chunk], transformed_weight, bias, out[chunk])
+            _winograd_tiles(padded[chunk], transformed_weight, bias, transforms, out[chunk])
     else:
         tile_rows = max(1, max_tiles // tiles_w)
         for image in range(n):
@@ -253,18 +254,20 @@ def winograd_conv3x3(x, transformed_weight, bias, padding, max_tiles=1024):
                     padded[image : image + 1, _TILE_OUT * first : _TILE_OUT * last + 2],
                     transformed_weight,
                     bias,
+                    transforms,
                     out[image : image + 1, _TILE_OUT * first : _TILE_OUT * last],
                 )
     return out.permute(0, 3, 1, 2)
 
 
-def _winograd_tiles(padded, transformed_weight, bias, out):
+def _winograd_tiles(padded, transformed_weight, bias, transforms, out):
     """Fill ``out`` (n, <= 4 * tile rows, <= 4 * tile columns, K) from ``padded`` (n,
-    4 * tile rows + 2, 4 * tile columns + 2, C), both NHWC slices of contiguous tensors."""
+    4 * tile rows + 2, 4 * tile columns + 2, C), both NHWC slices of contiguous tensors;
+    ``transforms`` are B^T and A^T in the input's dtype."""
     n, padded_h, padded_w, channels = padded.shape
     tiles_h, tiles_w = (padded_h - 2) // _TILE_OUT, (padded_w - 2) // _TILE_OUT
     out_h, out_w, out_channels = out.shape[1:]
-    input_transform = _WINOGRAD_INPUT.to(padded)
+    input_transform, output_transform = transforms
     row, image = padded.stride(1), padded.stride(0)
     bands = padded.as_strided((n, tiles_h, _TILE, row), (image, _TILE_OUT * row, row, 1))
     # (n, tile y, transformed row, pixels of the band)
@@ -276,7 +279,6 @@ def _winograd_tiles(padded, transformed_weight, bias, out):
     ).reshape(_TILE, _TILE, -1)
     transformed = torch.matmul(input_transform, tiles)
     products = torch.bmm(transformed.view(_TILE * _TILE, -1, channels), transformed_weight)
-    output_transform = _WINOGRAD_OUTPUT.to(padded)
     out_tiles = torch.matmul(
         output_transform,
         torch.mm(output_transform, products.view(_TILE, -1)).view(_TILE_OUT, _TILE, -1),

@@ -17,7 +17,8 @@ class FastRCNNSeparableConvFCHead(FastRCNNConvFCHead):
     fully connected layers with ReLU) whose convs are, by ``conv_type``, DWConv ("dw") or
     EDWConv ("edw") -- the paper's keypoint-head idea applied to the detection network. With a
     few narrow convs and one small fc layer it replaces the stock two 1024-wide fc layers,
-    which cost 13.9 GFLOPs on 1,000 proposals at 256 channels (12.8 of them in the first). "vanilla" is the stock head.
+    which cost 13.9 GFLOPs on 1,000 proposals at 256 channels (12.8 of them in the first).
+    "vanilla" is the stock head.
 
     Separable convs are initialised like the keypoint head's (per-group Xavier); the stock
     head's MSRA fill takes a depthwise conv's fan-out from the weight shape, d_i times too large.

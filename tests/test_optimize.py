@@ -11,6 +11,7 @@ from detectron2.modeling import build_model
 from detectron2.modeling.backbone import Backbone
 from detectron2.modeling.backbone.fpn import FPN
 from detectron2.modeling.poolers import ROIPooler
+from detectron2.modeling.proposal_generator.rpn import StandardRPNHead
 from detectron2.structures import Boxes
 
 from d2_edwpose.layers import DWConv, EDWConv
@@ -178,6 +179,32 @@ def test_winograd_conv3x3_equals_the_convolution(
     assert out.is_contiguous(memory_format=torch.channels_last)
     scale = expected.abs().max().item()
     torch.testing.assert_close(out.double(), expected, rtol=1e-5, atol=1e-5 * scale)
+
+
+@pytest.mark.parametrize("bias, max_tiles", [(True, 1024), (False, 1024), (True, 20)])
+def test_winograd_conv3x3_maps_equals_the_convolution_of_each_map(bias, max_tiles):
+    generator = torch.Generator().manual_seed(0)
+    # Pyramid-like maps of 2 images, with partial tiles; with max_tiles=20 (fewer than their
+    # 28 tiles) they are convolved one by one.
+    xs = [
+        torch.randn(2, 5, height, width, generator=generator).contiguous(
+            memory_format=torch.channels_last
+        )
+        for height, width in ((13, 11), (7, 9), (3, 2))
+    ]
+    weight = torch.randn(4, 5, 3, 3, generator=generator)
+    bias = torch.randn(4, generator=generator) if bias else None
+    transformed_weight = optimize.winograd_transform_weight(weight)
+    outs = optimize.winograd_conv3x3_maps(xs, transformed_weight, bias, (1, 1), max_tiles)
+    assert len(outs) == len(xs)
+    for x, out in zip(xs, outs):
+        expected = F.conv2d(
+            x.double(), weight.double(), None if bias is None else bias.double(), padding=1
+        )
+        assert out.shape == expected.shape
+        assert out.is_contiguous(memory_format=torch.channels_last)
+        scale = expected.abs().max().item()
+        torch.testing.assert_close(out.double(), expected, rtol=1e-5, atol=1e-5 * scale)
 
 
 @pytest.fixture
@@ -367,6 +394,44 @@ class _TwoLevelBackbone(Backbone):
         return {"c1": ShapeSpec(channels=4, stride=2), "c2": ShapeSpec(channels=4, stride=4)}
 
 
+def test_rpn_head_runs_its_conv_on_all_levels_at_once(monkeypatch):
+    batched_calls = []
+    winograd_maps = optimize.winograd_conv3x3_maps
+
+    def counted_winograd_maps(xs, *args):
+        batched_calls.append(len(xs))
+        return winograd_maps(xs, *args)
+
+    monkeypatch.setattr(optimize, "winograd_conv3x3_maps", counted_winograd_maps)
+    torch.manual_seed(0)
+    container = nn.Module()
+    container.rpn_head = StandardRPNHead(in_channels=128, num_anchors=3)
+    head = container.eval().rpn_head
+    optimized = optimize_for_inference(copy.deepcopy(container), device="cpu").rpn_head
+    assert type(optimized).__name__ == "_LevelBatchedRPNHead"
+    assert type(optimized.head.conv).__name__ == "_WinogradConv2d"
+
+    def assert_same_outputs(features):
+        expected, actual = head(features), optimized(features)
+        for expected_per_level, actual_per_level in zip(expected, actual):
+            assert len(actual_per_level) == len(features)
+            for reference, result in zip(expected_per_level, actual_per_level):
+                torch.testing.assert_close(result, reference, rtol=1e-4, atol=1e-5)
+
+    # Levels of 32x32 down to 2x2 (64 + 16 + 4 + 1 + 1 tiles: one Winograd product for all),
+    # and levels too small in all (the direct conv).
+    pyramid = [torch.randn(2, 128, size, size) for size in (32, 16, 8, 4, 2)]
+    with torch.no_grad():
+        assert_same_outputs(pyramid)
+        assert batched_calls == [5]
+        assert_same_outputs(pyramid[-2:])
+        assert batched_calls == [5]
+    # With autograd the head's own path runs.
+    objectness, deltas = optimized(pyramid)
+    (sum(t.sum() for t in objectness) + sum(t.sum() for t in deltas)).backward()
+    assert batched_calls == [5] and optimized.head.conv.conv.weight.grad is not None
+
+
 def test_refuses_a_model_in_training_mode():
     with pytest.raises(ValueError, match="model.eval()"):
         optimize_for_inference(nn.Sequential(nn.Conv2d(1, 1, 1)))
@@ -415,6 +480,7 @@ def test_optimized_model_gives_the_same_detections(config):
     assert kinds.count("_WinogradConv2d") == (
         wide_fpn * (len(cfg.MODEL.FPN.IN_FEATURES) + 1) + vanilla_head * num_head_convs
     )
+    assert kinds.count("_LevelBatchedRPNHead") == wide_fpn
     inputs = [
         {"image": torch.randint(0, 256, (3, 240, 360), dtype=torch.uint8, generator=generator)},
         {"image": torch.randint(0, 256, (3, 320, 320), dtype=torch.uint8, generator=generator)},

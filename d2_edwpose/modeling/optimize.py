@@ -19,7 +19,8 @@
   layer's input features permuted to match (:func:`_flatten_box_features_channels_last`).
 * **Winograd convolutions** (CPU): wide 3x3 stride-1 convs (the FPN's and RPN's, the vanilla
   keypoint head's) run the Winograd algorithm F(4x4, 3x3) on channels-last maps, 4x fewer
-  multiply-adds (:class:`_WinogradConv2d`).
+  multiply-adds (:class:`_WinogradConv2d`). The RPN head's conv, shared by all levels, runs
+  on all of them at once (:class:`_LevelBatchedRPNHead`).
 * **transposed convs as a matrix product** (CPU): the keypoint heads' heatmap predictor runs
   as one matrix product and a col2im sum (:class:`_GemmConvTranspose2d`).
 
@@ -35,6 +36,7 @@ from torch.nn import functional as F
 from torch.nn.utils.fusion import fuse_conv_bn_weights
 
 from detectron2.layers import Conv2d, FrozenBatchNorm2d
+from detectron2.modeling.proposal_generator.rpn import StandardRPNHead
 
 from ..layers import EDWConv
 from .roi_pooling import ChannelsLastROIPooler, is_cpu_float32_inference
@@ -228,70 +230,100 @@ def winograd_conv3x3(x, transformed_weight, bias, padding, max_tiles=1024):
     The row transform runs on the bands (1.5 times the input) rather than on the cut tiles
     (2.25 times).
     """
-    n, channels, height, width = x.shape
-    pad_h, pad_w = padding
-    out_h, out_w = height + 2 * pad_h - 2, width + 2 * pad_w - 2
+    padded, out = _padded_input_and_output(x, padding, transformed_weight.shape[2])
+    n, out_h, out_w = out.shape[:3]
     tiles_h, tiles_w = -(-out_h // _TILE_OUT), -(-out_w // _TILE_OUT)
-    padded_h, padded_w = _TILE_OUT * tiles_h + 2, _TILE_OUT * tiles_w + 2
-    # contiguous(): with nothing to pad, F.pad returns a clone in the input's layout.
-    padded = F.pad(
-        x.permute(0, 2, 3, 1),
-        (0, 0, pad_w, padded_w - width - pad_w, pad_h, padded_h - height - pad_h),
-    ).contiguous()
-    out = x.new_empty((n, out_h, out_w, transformed_weight.shape[2]))
     transforms = _WINOGRAD_INPUT.to(x), _WINOGRAD_OUTPUT.to(x)
     if tiles_h * tiles_w <= max_tiles:
         images = max_tiles // (tiles_h * tiles_w)
         for start in range(0, n, images):
             chunk = slice(start, start + images)
-            _winograd_tiles(padded[chunk], transformed_weight, bias, transforms, out[chunk])
+            _winograd_tiles([(padded[chunk], out[chunk])], transformed_weight, bias, transforms)
     else:
         tile_rows = max(1, max_tiles // tiles_w)
         for image in range(n):
             for first in range(0, tiles_h, tile_rows):
                 last = min(first + tile_rows, tiles_h)
-                _winograd_tiles(
+                band = (
                     padded[image : image + 1, _TILE_OUT * first : _TILE_OUT * last + 2],
-                    transformed_weight,
-                    bias,
-                    transforms,
                     out[image : image + 1, _TILE_OUT * first : _TILE_OUT * last],
                 )
+                _winograd_tiles([band], transformed_weight, bias, transforms)
     return out.permute(0, 3, 1, 2)
 
 
-def _winograd_tiles(padded, transformed_weight, bias, transforms, out):
-    """Fill ``out`` (n, <= 4 * tile rows, <= 4 * tile columns, K) from ``padded`` (n,
-    4 * tile rows + 2, 4 * tile columns + 2, C), both NHWC slices of contiguous tensors;
+def winograd_conv3x3_maps(xs, transformed_weight, bias, padding, max_tiles=1024):
+    """:func:`winograd_conv3x3` of each map of ``xs`` (e.g. the levels of a feature pyramid, of
+    any sizes), with one batched product for the tiles of all of them: one (tiles, C) x (C, K)
+    product per tile position instead of one per map, which runs the small maps' few tiles at
+    the large ones' speed. With more than ``max_tiles`` tiles in all, the maps are convolved one
+    by one. Returns the outputs in order, channels-last."""
+    if sum(_num_output_tiles(x.shape, padding) for x in xs) > max_tiles:
+        return [winograd_conv3x3(x, transformed_weight, bias, padding, max_tiles) for x in xs]
+    pieces = [_padded_input_and_output(x, padding, transformed_weight.shape[2]) for x in xs]
+    transforms = _WINOGRAD_INPUT.to(xs[0]), _WINOGRAD_OUTPUT.to(xs[0])
+    _winograd_tiles(pieces, transformed_weight, bias, transforms)
+    return [out.permute(0, 3, 1, 2) for _, out in pieces]
+
+
+def _padded_input_and_output(x, padding, out_channels):
+    """``x`` (N, C, H, W) zero-padded in NHWC to whole 4x4 output tiles (plus the 3x3 kernel's
+    border), and an empty NHWC output (N, H_out, W_out, K) for it."""
+    n, _, height, width = x.shape
+    pad_h, pad_w = padding
+    out_h, out_w = height + 2 * pad_h - 2, width + 2 * pad_w - 2
+    padded_h = _TILE_OUT * -(-out_h // _TILE_OUT) + 2
+    padded_w = _TILE_OUT * -(-out_w // _TILE_OUT) + 2
+    # contiguous(): with nothing to pad, F.pad returns a clone in the input's layout.
+    padded = F.pad(
+        x.permute(0, 2, 3, 1),
+        (0, 0, pad_w, padded_w - width - pad_w, pad_h, padded_h - height - pad_h),
+    ).contiguous()
+    return padded, x.new_empty((n, out_h, out_w, out_channels))
+
+
+def _winograd_tiles(pieces, transformed_weight, bias, transforms):
+    """For each ``(padded, out)`` of ``pieces``, fill ``out`` (n, <= 4 * tile rows, <= 4 * tile
+    columns, K) from ``padded`` (n, 4 * tile rows + 2, 4 * tile columns + 2, C), both NHWC
+    slices of contiguous tensors, with one batched product for the tiles of all pieces;
     ``transforms`` are B^T and A^T in the input's dtype."""
-    n, padded_h, padded_w, channels = padded.shape
-    tiles_h, tiles_w = (padded_h - 2) // _TILE_OUT, (padded_w - 2) // _TILE_OUT
-    out_h, out_w, out_channels = out.shape[1:]
     input_transform, output_transform = transforms
-    row, image = padded.stride(1), padded.stride(0)
-    bands = padded.as_strided((n, tiles_h, _TILE, row), (image, _TILE_OUT * row, row, 1))
-    # (n, tile y, transformed row, pixels of the band)
-    rows_transformed = torch.matmul(input_transform, bands)
-    # (transformed row, tile column, n, tile y, tile x, channel), one copy.
-    tiles = rows_transformed.as_strided(
-        (_TILE, _TILE, n, tiles_h, tiles_w, channels),
-        (row, channels, tiles_h * _TILE * row, _TILE * row, _TILE_OUT * channels, 1),
-    ).reshape(_TILE, _TILE, -1)
-    transformed = torch.matmul(input_transform, tiles)
+    channels, out_channels = transformed_weight.shape[1:]
+    shapes = [
+        (len(padded), (padded.shape[1] - 2) // _TILE_OUT, (padded.shape[2] - 2) // _TILE_OUT)
+        for padded, _ in pieces
+    ]
+    counts = [n * tiles_h * tiles_w for n, tiles_h, tiles_w in shapes]
+    # (transformed row, tile column, tile, channel)
+    tiles = pieces[0][0].new_empty((_TILE, _TILE, sum(counts), channels))
+    for (padded, _), (n, tiles_h, tiles_w), part in zip(pieces, shapes, tiles.split(counts, 2)):
+        row, image = padded.stride(1), padded.stride(0)
+        bands = padded.as_strided((n, tiles_h, _TILE, row), (image, _TILE_OUT * row, row, 1))
+        # (n, tile y, transformed row, pixels of the band)
+        rows_transformed = torch.matmul(input_transform, bands)
+        part.view(_TILE, _TILE, n, tiles_h, tiles_w, channels).copy_(
+            rows_transformed.as_strided(
+                (_TILE, _TILE, n, tiles_h, tiles_w, channels),
+                (row, channels, tiles_h * _TILE * row, _TILE * row, _TILE_OUT * channels, 1),
+            )
+        )
+    transformed = torch.matmul(input_transform, tiles.view(_TILE, _TILE, -1))
     products = torch.bmm(transformed.view(_TILE * _TILE, -1, channels), transformed_weight)
     out_tiles = torch.matmul(
         output_transform,
         torch.mm(output_transform, products.view(_TILE, -1)).view(_TILE_OUT, _TILE, -1),
-    )
-    out_tiles = (
-        out_tiles.view(_TILE_OUT, _TILE_OUT, n, tiles_h, tiles_w, out_channels)
-        .permute(2, 3, 0, 4, 1, 5)
-        .reshape(n, _TILE_OUT * tiles_h, _TILE_OUT * tiles_w, out_channels)[:, :out_h, :out_w]
-    )
-    if bias is None:
-        out.copy_(out_tiles)
-    else:
-        torch.add(out_tiles, bias, out=out)
+    ).view(_TILE_OUT, _TILE_OUT, -1, out_channels)
+    for (_, out), (n, tiles_h, tiles_w), part in zip(pieces, shapes, out_tiles.split(counts, 2)):
+        out_h, out_w = out.shape[1:3]
+        part = (
+            part.view(_TILE_OUT, _TILE_OUT, n, tiles_h, tiles_w, out_channels)
+            .permute(2, 3, 0, 4, 1, 5)
+            .reshape(n, _TILE_OUT * tiles_h, _TILE_OUT * tiles_w, out_channels)[:, :out_h, :out_w]
+        )
+        if bias is None:
+            out.copy_(part)
+        else:
+            torch.add(part, bias, out=out)
 
 
 def _num_output_tiles(input_shape, padding):
@@ -368,10 +400,29 @@ class _WinogradConv2d(nn.Module):
         ):
             return conv(x)
         out = winograd_conv3x3(x, self._current_transformed_weight(), conv.bias, conv.padding)
-        if getattr(conv, "norm", None) is not None:
-            out = conv.norm(out)
-        if getattr(conv, "activation", None) is not None:
-            out = conv.activation(out)
+        return self._norm_and_activation(out)
+
+    def forward_maps(self, xs):
+        """``[self(x) for x in xs]``, computed with one batched product for all the maps
+        (:func:`winograd_conv3x3_maps`) where they have at least ``min_tiles`` tiles in all."""
+        conv = self.conv
+        if (
+            any(x.dim() != 4 for x in xs)
+            or not all(is_cpu_float32_inference(x) for x in xs)
+            or sum(_num_output_tiles(x.shape, conv.padding) for x in xs) < self.min_tiles
+        ):
+            return [self(x) for x in xs]
+        outs = winograd_conv3x3_maps(
+            xs, self._current_transformed_weight(), conv.bias, conv.padding
+        )
+        return [self._norm_and_activation(out) for out in outs]
+
+    def _norm_and_activation(self, out):
+        # Those of detectron2's Conv2d, after the convolution.
+        if getattr(self.conv, "norm", None) is not None:
+            out = self.conv.norm(out)
+        if getattr(self.conv, "activation", None) is not None:
+            out = self.conv.activation(out)
         return out
 
 
@@ -387,6 +438,29 @@ def _winograd_conv(module):
         and min(module.in_channels, module.out_channels) >= _WinogradConv2d.min_channels
     ):
         return _WinogradConv2d(module)
+    return None
+
+
+class _LevelBatchedRPNHead(nn.Module):
+    """detectron2's :class:`StandardRPNHead` whose 3x3 conv, shared by all levels, runs as one
+    Winograd convolution of all of them (:meth:`_WinogradConv2d.forward_maps`): the small
+    levels' few tiles join the large ones' matrix products instead of running the direct
+    conv one level at a time. The outputs are the head's."""
+
+    def __init__(self, head: StandardRPNHead):
+        super().__init__()
+        self.head = head
+
+    def forward(self, features):
+        head = self.head
+        hidden = head.conv.forward_maps(features)
+        return [head.objectness_logits(t) for t in hidden], [head.anchor_deltas(t) for t in hidden]
+
+
+def _level_batched_rpn_head(module):
+    # After the Winograd rewrite: the head's conv is wrapped if it is wide enough.
+    if type(module) is StandardRPNHead and type(module.conv) is _WinogradConv2d:
+        return _LevelBatchedRPNHead(module)
     return None
 
 
@@ -512,6 +586,7 @@ def _flatten_box_features_channels_last(model: nn.Module) -> int:
 _REWRITTEN = (
     _SplitEDWConv,
     _WinogradConv2d,
+    _LevelBatchedRPNHead,
     _GemmConvTranspose2d,
     ChannelsLastROIPooler,
     _ChannelsLastFlattenLinear,
@@ -543,6 +618,7 @@ def optimize_for_inference(model: nn.Module, device=None) -> nn.Module:
         counts["channels-last RoI poolers"] = _replace_modules(model, _channels_last_pooler)
         counts["channels-last box-feature flattens"] = _flatten_box_features_channels_last(model)
         counts["Winograd convs"] = _replace_modules(model, _winograd_conv)
+        counts["level-batched RPN heads"] = _replace_modules(model, _level_batched_rpn_head)
         model.to(memory_format=torch.channels_last)
         counts["transposed convs"] = _replace_modules(model, _gemm_conv_transpose)
     logger.info(

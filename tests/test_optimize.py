@@ -122,6 +122,15 @@ def test_channels_last_roi_pooler_equals_detectrons(
             rtol=0,
             atol=1e-5,
         )
+        # A box with a NaN coordinate is pooled on no level (zeros), as detectron2 pools boxes
+        # of negative area; detectron2's own RoIAlign may fail on it.
+        with_nan = [Boxes(boxes.tensor.clone()) for boxes in box_lists]
+        with_nan[1].tensor[4, 1] = float("nan")
+        pooled = ours(features, with_nan)
+        nan_row = len(box_lists[0]) + 4
+        assert torch.all(pooled[nan_row] == 0)
+        others = torch.arange(len(pooled)) != nan_row
+        torch.testing.assert_close(pooled[others], expected[others], rtol=0, atol=1e-5)
         empty = [Boxes(torch.zeros(0, 4)), Boxes(torch.zeros(0, 4))]
         assert ours(features, empty).shape == (0, 16, output_size, output_size)
         # Other dtypes take detectron2's path.
@@ -184,8 +193,8 @@ def test_winograd_conv3x3_equals_the_convolution(
 @pytest.mark.parametrize("bias, max_tiles", [(True, 1024), (False, 1024), (True, 20)])
 def test_winograd_conv3x3_maps_equals_the_convolution_of_each_map(bias, max_tiles):
     generator = torch.Generator().manual_seed(0)
-    # Pyramid-like maps of 2 images, with partial tiles; with max_tiles=20 (fewer than their
-    # 28 tiles) they are convolved one by one.
+    # Pyramid-like maps of 2 images, with partial tiles (24, 12 and 2 tiles); with
+    # max_tiles=20 the first is computed alone, in chunks, and the other two together.
     xs = [
         torch.randn(2, 5, height, width, generator=generator).contiguous(
             memory_format=torch.channels_last
@@ -304,6 +313,9 @@ def test_cpu_rewrites_trace_as_the_modules_they_replaced():
         assert graph.count("aten::_convolution") == 2
         assert "aten::bmm" not in graph and "aten::col2im" not in graph
         torch.testing.assert_close(traced(x), model(x), rtol=1e-5, atol=1e-5)
+    # Optimizing again keeps the transposed conv's weight a matrix without copies.
+    optimize_for_inference(optimized, device="cpu")
+    assert optimized[1].deconv.weight.is_contiguous()
 
 
 def test_cpu_rewrites_leave_autocast_to_the_modules_they_replaced(winograd_calls):
@@ -418,18 +430,25 @@ def test_rpn_head_runs_its_conv_on_all_levels_at_once(monkeypatch):
             for reference, result in zip(expected_per_level, actual_per_level):
                 torch.testing.assert_close(result, reference, rtol=1e-4, atol=1e-5)
 
-    # Levels of 32x32 down to 2x2 (64 + 16 + 4 + 1 + 1 tiles: one Winograd product for all),
-    # and levels too small in all (the direct conv).
+    # Levels of 32x32 down to 2x2 (2 images of 64 + 16 + 4 + 1 + 1 tiles: one Winograd product
+    # for all), and levels too small in all (the direct conv).
     pyramid = [torch.randn(2, 128, size, size) for size in (32, 16, 8, 4, 2)]
     with torch.no_grad():
         assert_same_outputs(pyramid)
         assert batched_calls == [5]
         assert_same_outputs(pyramid[-2:])
         assert batched_calls == [5]
+    # Above 1,024 tiles in all, consecutive levels are batched up to that many: 2 images of a
+    # 320x320 pyramid are 800 + 200 + 50 + 18 + 8 tiles.
+    batched_calls.clear()
+    with torch.no_grad():
+        assert_same_outputs([torch.randn(2, 128, size, size) for size in (80, 40, 20, 10, 5)])
+    assert batched_calls == [2, 3]
     # With autograd the head's own path runs.
+    batched_calls.clear()
     objectness, deltas = optimized(pyramid)
     (sum(t.sum() for t in objectness) + sum(t.sum() for t in deltas)).backward()
-    assert batched_calls == [5] and optimized.head.conv.conv.weight.grad is not None
+    assert batched_calls == [] and optimized.head.conv.conv.weight.grad is not None
 
 
 def test_refuses_a_model_in_training_mode():

@@ -206,9 +206,11 @@ _WINOGRAD_OUTPUT = torch.tensor(
     dtype=torch.float64,
 )
 _TILE, _TILE_OUT = 6, 4
+# 4x4 output tiles computed at once; see winograd_conv3x3.
+_MAX_TILES = 1024
 
 
-def winograd_conv3x3(x, transformed_weight, bias, padding, max_tiles=1024):
+def winograd_conv3x3(x, transformed_weight, bias, padding, max_tiles=_MAX_TILES):
     """A 3x3, stride-1, dilation-1 convolution of ``x`` (N, C, H, W) by Winograd F(4x4, 3x3).
 
     Args:
@@ -252,18 +254,39 @@ def winograd_conv3x3(x, transformed_weight, bias, padding, max_tiles=1024):
     return out.permute(0, 3, 1, 2)
 
 
-def winograd_conv3x3_maps(xs, transformed_weight, bias, padding, max_tiles=1024):
+def winograd_conv3x3_maps(xs, transformed_weight, bias, padding, max_tiles=_MAX_TILES):
     """:func:`winograd_conv3x3` of each map of ``xs`` (e.g. the levels of a feature pyramid, of
-    any sizes), with one batched product for the tiles of all of them: one (tiles, C) x (C, K)
-    product per tile position instead of one per map, which runs the small maps' few tiles at
-    the large ones' speed. With more than ``max_tiles`` tiles in all, the maps are convolved one
-    by one. Returns the outputs in order, channels-last."""
-    if sum(_num_output_tiles(x.shape, padding) for x in xs) > max_tiles:
-        return [winograd_conv3x3(x, transformed_weight, bias, padding, max_tiles) for x in xs]
-    pieces = [_padded_input_and_output(x, padding, transformed_weight.shape[2]) for x in xs]
-    transforms = _WINOGRAD_INPUT.to(xs[0]), _WINOGRAD_OUTPUT.to(xs[0])
-    _winograd_tiles(pieces, transformed_weight, bias, transforms)
-    return [out.permute(0, 3, 1, 2) for _, out in pieces]
+    any sizes), with one batched product for the tiles of several of them: one (tiles, C) x
+    (C, K) product per tile position instead of one per map, which runs the small maps' few
+    tiles at the large ones' speed. Consecutive maps are batched up to ``max_tiles`` tiles
+    (:func:`_tile_groups`); a larger map runs alone, in chunks. Returns the outputs in order,
+    channels-last."""
+    counts = [_num_output_tiles(x.shape, padding) for x in xs]
+    outs = []
+    for group in _tile_groups(counts, max_tiles):
+        if len(group) == 1 and counts[group[0]] > max_tiles:
+            outs.append(winograd_conv3x3(xs[group[0]], transformed_weight, bias, padding, max_tiles))
+            continue
+        pieces = [
+            _padded_input_and_output(xs[i], padding, transformed_weight.shape[2]) for i in group
+        ]
+        transforms = _WINOGRAD_INPUT.to(xs[0]), _WINOGRAD_OUTPUT.to(xs[0])
+        _winograd_tiles(pieces, transformed_weight, bias, transforms)
+        outs.extend(out.permute(0, 3, 1, 2) for _, out in pieces)
+    return outs
+
+
+def _tile_groups(counts, max_tiles):
+    """Indices of maps of ``counts`` output tiles, in runs of consecutive maps of at most
+    ``max_tiles`` tiles in all; a map of more is a run of its own."""
+    groups, total = [], 0
+    for index, count in enumerate(counts):
+        if not groups or total + count > max_tiles:
+            groups.append([])
+            total = 0
+        groups[-1].append(index)
+        total += count
+    return groups
 
 
 def _padded_input_and_output(x, padding, out_channels):
@@ -403,19 +426,24 @@ class _WinogradConv2d(nn.Module):
         return self._norm_and_activation(out)
 
     def forward_maps(self, xs):
-        """``[self(x) for x in xs]``, computed with one batched product for all the maps
-        (:func:`winograd_conv3x3_maps`) where they have at least ``min_tiles`` tiles in all."""
+        """``[self(x) for x in xs]``, the maps batched into Winograd products of up to
+        ``_MAX_TILES`` tiles (:func:`winograd_conv3x3_maps`); a batch of fewer than
+        ``min_tiles`` tiles runs the wrapped conv."""
         conv = self.conv
-        if (
-            any(x.dim() != 4 for x in xs)
-            or not all(is_cpu_float32_inference(x) for x in xs)
-            or sum(_num_output_tiles(x.shape, conv.padding) for x in xs) < self.min_tiles
-        ):
+        if any(x.dim() != 4 for x in xs) or not all(is_cpu_float32_inference(x) for x in xs):
             return [self(x) for x in xs]
-        outs = winograd_conv3x3_maps(
-            xs, self._current_transformed_weight(), conv.bias, conv.padding
-        )
-        return [self._norm_and_activation(out) for out in outs]
+        counts = [_num_output_tiles(x.shape, conv.padding) for x in xs]
+        outs = []
+        for group in _tile_groups(counts, _MAX_TILES):
+            maps = [xs[i] for i in group]
+            if sum(counts[i] for i in group) < self.min_tiles:
+                outs.extend(conv(x) for x in maps)
+                continue
+            batched = winograd_conv3x3_maps(
+                maps, self._current_transformed_weight(), conv.bias, conv.padding
+            )
+            outs.extend(self._norm_and_activation(out) for out in batched)
+        return outs
 
     def _norm_and_activation(self, out):
         # Those of detectron2's Conv2d, after the convolution.
@@ -475,9 +503,14 @@ class _GemmConvTranspose2d(nn.Module):
     def __init__(self, deconv: nn.ConvTranspose2d):
         super().__init__()
         self.deconv = deconv
-        # (C_in, C_out * kh * kw) is a view of contiguous (not channels-last) weights.
-        weight = deconv.weight
-        deconv.weight = nn.Parameter(weight.detach().contiguous(), weight.requires_grad)
+        self.make_weight_contiguous()
+
+    def make_weight_contiguous(self):
+        """Make (C_in, C_out * kh * kw) a view of the weight; ``model.to(memory_format=
+        torch.channels_last)`` makes it channels-last again."""
+        weight = self.deconv.weight
+        if not weight.is_contiguous():
+            self.deconv.weight = nn.Parameter(weight.detach().contiguous(), weight.requires_grad)
 
     def forward(self, x, output_size=None):
         deconv = self.deconv
@@ -603,6 +636,10 @@ def optimize_for_inference(model: nn.Module, device=None) -> nn.Module:
             dict is not the model's: save and load models as built.
         device: where it will run; default: the device of its parameters. The CPU-only
             rewrites are skipped elsewhere.
+
+    Forward hooks registered on modules that a rewrite replaces or computes differently (a
+    folded norm, a conv run by Winograd, the RPN head's conv run once for all levels) do not
+    run on the rewritten path: register hooks on the optimized model's modules.
     """
     if model.training:
         raise ValueError(
@@ -620,6 +657,9 @@ def optimize_for_inference(model: nn.Module, device=None) -> nn.Module:
         counts["Winograd convs"] = _replace_modules(model, _winograd_conv)
         counts["level-batched RPN heads"] = _replace_modules(model, _level_batched_rpn_head)
         model.to(memory_format=torch.channels_last)
+        for module in model.modules():
+            if isinstance(module, _GemmConvTranspose2d):  # from an earlier call
+                module.make_weight_contiguous()
         counts["transposed convs"] = _replace_modules(model, _gemm_conv_transpose)
     logger.info(
         "optimize_for_inference (%s): %s",

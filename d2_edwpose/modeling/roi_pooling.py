@@ -211,8 +211,11 @@ class ChannelsLastROIPooler(ROIPooler):
                 self.canonical_box_size,
                 self.canonical_level,
             )
-        # detectron2 pools a box with a NaN level (negative area) on no level: zeros.
-        on_a_level = (levels >= 0) & (levels < len(x))
+        # detectron2 pools a box with a NaN level (negative area, non-finite coordinates) on no
+        # level: zeros. Such coordinates are zeroed too, so that no NaN reaches the weights.
+        finite = torch.isfinite(rois).all(dim=1)
+        rois = torch.where(finite[:, None], rois, 0.0)
+        on_a_level = (levels >= 0) & (levels < len(x)) & finite
         levels = torch.where(on_a_level, levels, 0)
         num_channels = x[0].shape[1]
         rows = [len(features) * features.shape[2] * features.shape[3] for features in x]

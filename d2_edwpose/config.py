@@ -21,9 +21,9 @@ def add_edwpose_config(cfg):
     # Channel width multiplier (torchvision's width_mult); ImageNet weights exist for 1.0.
     cfg.MODEL.MOBILENETV3.WIDTH_MULT = 1.0
     # Outputs by stride: stage2 (4), stage3 (8), stage4 (16), stage5 (32, after the last 1x1 conv).
+    # Freezing is detectron2's MODEL.BACKBONE.FREEZE_AT, as for its ResNet: 0 trains everything,
+    # 1 freezes the stem, k >= 2 the stem and stage2..stage<k>.
     cfg.MODEL.MOBILENETV3.OUT_FEATURES = ["stage2", "stage3", "stage4", "stage5"]
-    # 0: train everything; 1: freeze the stem; k >= 2: the stem and stage2..stage<k>.
-    cfg.MODEL.MOBILENETV3.FREEZE_AT = 0
     # Any norm of detectron2's get_norm: "FrozenBN", "BN", "SyncBN", "GN", "" (none).
     cfg.MODEL.MOBILENETV3.NORM = "FrozenBN"
 
@@ -58,7 +58,7 @@ def validate_edwpose_config(cfg):
     from detectron2.layers import get_norm
 
     from .layers import is_valid_expand_factor
-    from .modeling.backbone.mobilenetv3 import _OUTPUT_NAMES, _STAGE_NAMES, ARCHS
+    from .modeling.backbone.mobilenetv3 import _OUTPUT_NAMES, _STAGE_NAMES, ARCHS, BACKBONE_NAMES
 
     def check(key, value, valid, expected):
         if not valid:
@@ -99,12 +99,15 @@ def validate_edwpose_config(cfg):
         features and set(features) <= set(_OUTPUT_NAMES) and len(set(features)) == len(features),
         f"a non-empty list of distinct names from {list(_OUTPUT_NAMES)}",
     )
-    check(
-        "MODEL.MOBILENETV3.FREEZE_AT",
-        mcfg.FREEZE_AT,
-        is_int(mcfg.FREEZE_AT) and 0 <= mcfg.FREEZE_AT <= len(_STAGE_NAMES),
-        f"an integer from 0 (train everything) to {len(_STAGE_NAMES)} (freeze all stages)",
-    )
+    if cfg.MODEL.BACKBONE.NAME in BACKBONE_NAMES:
+        freeze_at = cfg.MODEL.BACKBONE.FREEZE_AT
+        check(
+            "MODEL.BACKBONE.FREEZE_AT",
+            freeze_at,
+            is_int(freeze_at) and 0 <= freeze_at <= len(_STAGE_NAMES),
+            f"an integer from 0 (train everything) to {len(_STAGE_NAMES)} (freeze all "
+            "MobileNetV3 stages)",
+        )
     check(
         "MODEL.MOBILENETV3.NORM",
         mcfg.NORM,
@@ -124,4 +127,13 @@ def validate_edwpose_config(cfg):
             hcfg.EXPAND_FACTOR,
             is_valid_expand_factor(hcfg.EXPAND_FACTOR),
             "an integer >= 1",
+        )
+    head = cfg.MODEL.ROI_KEYPOINT_HEAD
+    if cfg.MODEL.KEYPOINT_ON and head.NAME != "KRCNNSeparableConvDeconvUpsampleHead":
+        check(
+            "MODEL.ROI_KEYPOINT_HEAD.CONV_TYPE",
+            head.CONV_TYPE,
+            head.CONV_TYPE == "vanilla",
+            f"'vanilla': ROI_KEYPOINT_HEAD.NAME={head.NAME!r} has no such option (only "
+            "'KRCNNSeparableConvDeconvUpsampleHead' reads it)",
         )

@@ -41,11 +41,12 @@ LAST_INDEX = {
 }
 
 
-def _cfg(arch="large", width_mult=1.0, norm="FrozenBN", **mobilenetv3):
+def _cfg(arch="large", width_mult=1.0, norm="FrozenBN", freeze_at=0, **mobilenetv3):
     cfg = get_cfg()
     add_edwpose_config(cfg)
     cfg.MODEL.DEVICE = "cpu"
     cfg.MODEL.BACKBONE.NAME = "build_mobilenetv3_fpn_backbone"
+    cfg.MODEL.BACKBONE.FREEZE_AT = freeze_at
     cfg.MODEL.FPN.IN_FEATURES = STAGES
     cfg.MODEL.MOBILENETV3.ARCH = arch
     cfg.MODEL.MOBILENETV3.WIDTH_MULT = width_mult
@@ -143,7 +144,7 @@ def test_keypoint_rcnn_trains_with_stock_rpn_and_roi_heads():
     )
     assert all(torch.isfinite(loss) for loss in losses.values())
     sum(losses.values()).backward()
-    # FREEZE_AT is 0: the gradient reaches the stem.
+    # MODEL.BACKBONE.FREEZE_AT is 0: the gradient reaches the stem.
     assert model.backbone.bottom_up.features[0][0].weight.grad.abs().sum() > 0
 
 
@@ -218,7 +219,7 @@ def test_converted_torchvision_weights_reproduce_torchvision(tmp_path, arch, wid
     [("large", k) for k in range(6)] + [("small", 2), ("small", 4)],
 )
 def test_freeze_at(arch, freeze_at):
-    backbone = _bottom_up(_cfg(arch, norm="BN", FREEZE_AT=freeze_at))
+    backbone = _bottom_up(_cfg(arch, norm="BN", freeze_at=freeze_at))
     stage_ends = list(LAST_INDEX[arch].values())
     last_frozen = stage_ends[freeze_at - 1] if freeze_at else -1
     for name, param in backbone.named_parameters():
@@ -287,17 +288,23 @@ def test_random_initialisation_is_torchvisions():
 @pytest.mark.parametrize(
     "key,value,message",
     [
-        ("ARCH", "medium", "MODEL.MOBILENETV3.ARCH='medium' is not one of 'large', 'small'"),
-        ("FREEZE_AT", 6, "MODEL.MOBILENETV3.FREEZE_AT=6"),
-        ("FREEZE_AT", -1, "MODEL.MOBILENETV3.FREEZE_AT=-1"),
-        ("OUT_FEATURES", ["stage6"], "MODEL.MOBILENETV3.OUT_FEATURES=['stage6']"),
-        ("OUT_FEATURES", [], "MODEL.MOBILENETV3.OUT_FEATURES=[]"),
-        ("NORM", "XN", "MODEL.MOBILENETV3.NORM='XN'"),
+        ("MOBILENETV3.ARCH", "medium", "MODEL.MOBILENETV3.ARCH='medium' is not one of 'large', 'small'"),
+        ("BACKBONE.FREEZE_AT", 6, "MODEL.BACKBONE.FREEZE_AT=6 is not an integer in 0 ... 5"),
+        ("BACKBONE.FREEZE_AT", -1, "MODEL.BACKBONE.FREEZE_AT=-1"),
+        ("BACKBONE.FREEZE_AT", 1.5, "MODEL.BACKBONE.FREEZE_AT=1.5"),
+        ("MOBILENETV3.WIDTH_MULT", 0.0, "MODEL.MOBILENETV3.WIDTH_MULT=0.0 is not a positive number"),
+        ("MOBILENETV3.WIDTH_MULT", float("nan"), "MODEL.MOBILENETV3.WIDTH_MULT=nan"),
+        ("MOBILENETV3.OUT_FEATURES", ["stage6"], "MODEL.MOBILENETV3.OUT_FEATURES=['stage6']"),
+        ("MOBILENETV3.OUT_FEATURES", [], "MODEL.MOBILENETV3.OUT_FEATURES=[]"),
+        ("MOBILENETV3.NORM", "XN", "MODEL.MOBILENETV3.NORM='XN'"),
     ],
-)
+)  # fmt: skip
 def test_invalid_config(key, value, message):
+    # The builder checks its arguments itself: models built without validate_edwpose_config
+    # (build_model, DefaultPredictor) get the same errors.
     cfg = _cfg()
-    cfg.MODEL.MOBILENETV3[key] = value
+    node, name = key.split(".")
+    cfg.MODEL[node][name] = value
     with pytest.raises(ValueError) as error:
         _bottom_up(cfg)
     assert message in str(error.value)

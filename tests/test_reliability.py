@@ -296,7 +296,7 @@ def test_bad_values_and_unknown_keys_name_the_key(tmp_path):
         "MODEL.MOBILENETV3.ARCH": ("medium", "'large' or 'small'"),
         "MODEL.MOBILENETV3.WIDTH_MULT": (-1.0, "a positive number"),
         "MODEL.MOBILENETV3.OUT_FEATURES": (["stage6"], "names from"),
-        "MODEL.MOBILENETV3.FREEZE_AT": (7, "an integer from 0"),
+        "MODEL.BACKBONE.FREEZE_AT": (7, "an integer from 0"),
         "MODEL.MOBILENETV3.NORM": ("BatchNorm", "get_norm"),
         "MODEL.ROI_KEYPOINT_HEAD.CONV_TYPE": ("separable", "'vanilla', 'dw', 'edw'"),
         "MODEL.ROI_KEYPOINT_HEAD.EXPAND_FACTOR": (0, "an integer >= 1"),
@@ -312,6 +312,12 @@ def test_bad_values_and_unknown_keys_name_the_key(tmp_path):
             validate_edwpose_config(cfg)
         assert str(error.value).startswith(f"{key}={value!r} is invalid: expected"), error.value
         assert expected in str(error.value)
+    # A conv type that the configured keypoint head would silently ignore.
+    stock_head = demo_cfg("MODEL.ROI_KEYPOINT_HEAD.NAME", "KRCNNConvDeconvUpsampleHead")
+    assert stock_head.MODEL.ROI_KEYPOINT_HEAD.CONV_TYPE == "edw"
+    with pytest.raises(ValueError, match="CONV_TYPE='edw' is invalid: expected 'vanilla': "
+                       "ROI_KEYPOINT_HEAD.NAME='KRCNNConvDeconvUpsampleHead'"):  # fmt: skip
+        validate_edwpose_config(stock_head)
 
     # yacs: an AssertionError for a command-line override, a KeyError for a file.
     with pytest.raises(AssertionError, match="Non-existent key: MODEL.MOBILENETV3.ARHC"):
@@ -320,8 +326,8 @@ def test_bad_values_and_unknown_keys_name_the_key(tmp_path):
     typo.write_text(f'_BASE_: "{DEMO_CONFIG}"\nMODEL:\n  ROI_KEYPOINT_HEAD:\n    CONV_TPYE: "dw"\n')
     with pytest.raises(KeyError, match="MODEL.ROI_KEYPOINT_HEAD.CONV_TPYE"):
         demo_cfg().merge_from_file(str(typo))
-    with pytest.raises(ValueError, match="MODEL.MOBILENETV3.FREEZE_AT"):  # yacs: type mismatch
-        demo_cfg("MODEL.MOBILENETV3.FREEZE_AT", "two")
+    with pytest.raises(ValueError, match="MODEL.BACKBONE.FREEZE_AT"):  # yacs: type mismatch
+        demo_cfg("MODEL.BACKBONE.FREEZE_AT", "two")
 
 
 # ----------------------------------------------------------------------------- bad data

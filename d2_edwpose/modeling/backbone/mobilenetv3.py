@@ -20,10 +20,11 @@ stage5  32      13 ... 16               9 ... 12
 
 stage5 ends with the final 1x1 convolution (to 960 / 576 channels at width 1.0), as in
 torchvision's detection models. The stem is the first convolution only: it is what
-FREEZE_AT = 1 freezes, like ResNet's stem; large's features[1] (stride 2, no downsampling)
+detectron2's ``MODEL.BACKBONE.FREEZE_AT`` = 1 freezes, like ResNet's stem; large's features[1] (stride 2, no downsampling)
 opens stage2.
 """
 import math
+from numbers import Real
 
 from torch import nn
 from torchvision.models.mobilenetv3 import InvertedResidual, InvertedResidualConfig
@@ -36,9 +37,13 @@ from detectron2.modeling.backbone.fpn import FPN, LastLevelMaxPool
 __all__ = [
     "MobileNetV3",
     "ARCHS",
+    "BACKBONE_NAMES",
     "build_mobilenetv3_backbone",
     "build_mobilenetv3_fpn_backbone",
 ]
+
+# The MODEL.BACKBONE.NAME values of this module's builders.
+BACKBONE_NAMES = ("build_mobilenetv3_backbone", "build_mobilenetv3_fpn_backbone")
 
 # Tables 1 and 2 of the paper, as in torchvision's _mobilenet_v3_conf. One row per inverted
 # residual block, features[1], features[2], ...:
@@ -86,8 +91,9 @@ _OUTPUT_NAMES = _STAGE_NAMES[1:]
 # torchvision's BatchNorm settings for MobileNetV3 (its ImageNet weights were trained with them).
 _BN_EPS = 0.001
 _BN_MOMENTUM = 0.01
-# detectron2's GN uses 32 groups, which do not divide MobileNetV3's channel counts (multiples
-# of 8: 16, 24, 40, ...); those layers use the largest group count that does.
+# detectron2's GN uses 32 groups, which do not divide most of MobileNetV3's channel counts
+# (multiples of 8: 16, 24, 40, ...); those layers use gcd(32, channels) groups, the largest
+# power of two up to 32 that divides them (16 channels: 16 groups of one channel each).
 _GN_GROUPS = 32
 
 
@@ -124,7 +130,8 @@ def _norm_layer(norm):
 class MobileNetV3(Backbone):
     """torchvision's MobileNetV3 feature extractor with detectron2's named, strided outputs.
 
-    The arguments mirror the keys of ``cfg.MODEL.MOBILENETV3``, and errors name those keys.
+    The arguments mirror the keys of ``cfg.MODEL.MOBILENETV3`` (and ``freeze_at``
+    ``MODEL.BACKBONE.FREEZE_AT``), and errors name those keys.
     See the module docstring for the layout and the outputs.
     """
 
@@ -146,7 +153,8 @@ class MobileNetV3(Backbone):
             out_features (list[str]): outputs to return, from "stage2" ... "stage5". Layers
                 after the last of them are not built.
             freeze_at (int): 0 trains everything, 1 freezes the stem, k >= 2 the stem and
-                stage2 ... stage<k>; see :meth:`freeze`.
+                stage2 ... stage<k> (detectron2's ``MODEL.BACKBONE.FREEZE_AT``); see
+                :meth:`freeze`.
             norm (str): a norm of detectron2's ``get_norm``, with torchvision's BatchNorm eps
                 and momentum; "GN" uses at most 32 groups (see ``_GN_GROUPS``).
         """
@@ -161,9 +169,20 @@ class MobileNetV3(Backbone):
                 f"MODEL.MOBILENETV3.OUT_FEATURES={list(out_features)!r} must be a non-empty "
                 f"subset of {list(_OUTPUT_NAMES)!r}"
             )
-        if not 0 <= freeze_at <= len(_STAGE_NAMES):
+        if not (
+            isinstance(freeze_at, int)
+            and not isinstance(freeze_at, bool)
+            and 0 <= freeze_at <= len(_STAGE_NAMES)
+        ):
             raise ValueError(
-                f"MODEL.MOBILENETV3.FREEZE_AT={freeze_at!r} is not in 0 ... {len(_STAGE_NAMES)}"
+                f"MODEL.BACKBONE.FREEZE_AT={freeze_at!r} is not an integer in "
+                f"0 ... {len(_STAGE_NAMES)}"
+            )
+        if not (
+            isinstance(width_mult, Real) and math.isfinite(width_mult) and width_mult > 0
+        ):
+            raise ValueError(
+                f"MODEL.MOBILENETV3.WIDTH_MULT={width_mult!r} is not a positive number"
             )
 
         blocks = [
@@ -273,7 +292,7 @@ def build_mobilenetv3_backbone(cfg, input_shape: ShapeSpec):
         width_mult=mcfg.WIDTH_MULT,
         in_channels=input_shape.channels,
         out_features=mcfg.OUT_FEATURES,
-        freeze_at=mcfg.FREEZE_AT,
+        freeze_at=cfg.MODEL.BACKBONE.FREEZE_AT,
         norm=mcfg.NORM,
     )
 

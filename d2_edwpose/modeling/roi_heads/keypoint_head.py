@@ -27,8 +27,12 @@ class KRCNNSeparableConvDeconvUpsampleHead(KRCNNConvDeconvUpsampleHead):
     * ``"edw"``: :class:`EDWConv` with ``expand_factor`` depthwise filters per input channel.
 
     Unlike the stock head (MSRA init), every weight is initialized by Xavier's initializer and
-    every bias to 0, as in the paper (Sec. IV-A); "vanilla" is thus the paper's baseline, not
-    detectron2's. Losses are the stock ones (:class:`BaseKeypointRCNNHead`); inference gives
+    every bias to 0, as in the paper (Sec. IV-A); "vanilla" is thus the paper's keypoint head,
+    not detectron2's. The paper initializes its RPN and detection network by Xavier too; the
+    paper configs keep detectron2's own RPN and box head, initialization included (normal with
+    std 0.01; ``c2_xavier_fill``, Caffe2's fan-in "XavierFill", for the box head's fc layers),
+    so that the keypoint head is all that differs from detectron2's Keypoint R-CNN on top of
+    the backbone. Losses are the stock ones (:class:`BaseKeypointRCNNHead`); inference gives
     the stock outputs, decoded by :func:`.keypoint_decoding.heatmaps_to_keypoints`, which skips
     work of detectron2's decoding whose result it discards.
     """

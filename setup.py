@@ -12,7 +12,7 @@ setup(
     description="Keypoint R-CNN with a MobileNetV3-FPN backbone and (expanded) depthwise "
     "separable keypoint heads, as a detectron2 extension",
     packages=find_packages(include=["d2_edwpose", "d2_edwpose.*"]),
-    python_requires=">=3.9",
+    python_requires=">=3.10",
     install_requires=[
         "torch>=2.1",
         "torchvision",

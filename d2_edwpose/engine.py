@@ -4,7 +4,7 @@ import os
 import weakref
 
 from detectron2.data import DatasetMapper, build_detection_test_loader
-from detectron2.engine import DefaultTrainer
+from detectron2.engine import DefaultPredictor, DefaultTrainer
 from detectron2.evaluation import COCOEvaluator
 from detectron2.utils import comm
 
@@ -19,7 +19,7 @@ from .data.train_loader import (
     seed_process_rngs,
 )
 
-__all__ = ["Trainer"]
+__all__ = ["Trainer", "build_predictor"]
 
 logger = logging.getLogger(__name__)
 
@@ -38,6 +38,21 @@ def _with_run_seed(cfg):
         cfg.freeze()
     logger.info(f"SEED < 0: this run uses the random seed {cfg.SEED} (saved in its checkpoints).")
     return cfg
+
+
+def build_predictor(cfg) -> DefaultPredictor:
+    """detectron2's ``DefaultPredictor(cfg)``, with ``cfg.MODEL.WEIGHTS`` loaded by
+    :class:`~d2_edwpose.checkpoint.SafeCheckpointer`: a missing file, or a checkpoint of another
+    architecture, is an error naming ``MODEL.WEIGHTS`` instead of a model that runs with the
+    weights it could not load left random (``DefaultPredictor`` only logs them)."""
+    validate_edwpose_config(cfg)
+    from_scratch = cfg.clone()
+    from_scratch.defrost()
+    from_scratch.MODEL.WEIGHTS = ""
+    predictor = DefaultPredictor(from_scratch)
+    SafeCheckpointer(predictor.model).resume_or_load(cfg.MODEL.WEIGHTS, resume=False)
+    predictor.cfg = cfg.clone()
+    return predictor
 
 
 class Trainer(DefaultTrainer):

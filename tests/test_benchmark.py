@@ -1,11 +1,20 @@
 """The benchmark's direct mode really runs every model on exactly N people (timings untested)."""
+import logging
+
 import pytest
 import torch
 
 from detectron2 import model_zoo
 
+from d2_edwpose.data.synthetic import generate_synthetic_keypoints, register_synthetic_keypoints
 from d2_edwpose.modeling.optimize import optimize_for_inference
-from d2_edwpose.tools.analyze_model import PAPER_CONFIGS, REALTIME_CONFIG, STOCK_R50, load_config
+from d2_edwpose.tools.analyze_model import (
+    CONFIG_DIR,
+    PAPER_CONFIGS,
+    REALTIME_CONFIG,
+    STOCK_R50,
+    load_config,
+)
 from d2_edwpose.tools.benchmark import (
     build_benchmark_model,
     _label,
@@ -84,3 +93,30 @@ def test_onnxruntime_rows_come_from_the_exported_model():
         ("keypoint_rcnn_mv3_fpn_320_realtime", 3),
         ("keypoint_rcnn_mv3_fpn_320_realtime (onnxruntime)", 3),
     ]
+
+
+class _Records(logging.Handler):
+    def __init__(self):
+        super().__init__()
+        self.messages = []
+
+    def emit(self, record):
+        self.messages.append(record.getMessage())
+
+
+def test_dataset_mode_logs_detectron2s_inference_timer(tmp_path, restore_synthetic_registration):
+    register_synthetic_keypoints(generate_synthetic_keypoints(tmp_path, 0, 3, seed=4))
+    config = str(CONFIG_DIR / "cpu_demo_keypoint_rcnn_mv3_fpn_320_edw.yaml")
+    records = _Records()
+    timer_logger = logging.getLogger("detectron2.evaluation.evaluator")
+    timer_logger.addHandler(records)
+    try:
+        main([config, "--dataset", "synthetic_keypoints_val", "--opts", "MODEL.WEIGHTS", ""])
+    finally:
+        timer_logger.removeHandler(records)
+    timings = [m for m in records.messages if m.startswith("Total inference")]
+    assert len(timings) == 2 and "pure compute time" in timings[1], records.messages
+    # The dataset mode measures one config; the default is the four of the direct mode.
+    for configs in ([], [config, config]):
+        with pytest.raises(SystemExit):
+            main([*configs, "--dataset", "synthetic_keypoints_val"])

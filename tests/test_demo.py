@@ -5,6 +5,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+import torch
+import torchvision
 
 from d2_edwpose.data.synthetic import generate_synthetic_keypoints
 from d2_edwpose.tools import demo
@@ -70,4 +72,34 @@ def test_bad_inputs_are_named(tmp_path):
     fake = tmp_path / "broken.jpg"
     fake.write_bytes(b"not a jpeg")
     with pytest.raises(ValueError, match="broken.jpg: not a readable image"):
-        demo.run_on_image(None, None, fake, tmp_path)
+        demo.run_on_image(None, None, fake, tmp_path / "drawn.jpg")
+
+
+def test_outputs_never_overwrite_inputs_or_each_other(images, tmp_path):
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    photo = folder / images[0].name
+    photo.write_bytes(images[0].read_bytes())
+    original = photo.read_bytes()
+    with pytest.raises(ValueError, match="would overwrite the input"):
+        demo.main(["--config-file", CONFIG, "--input", str(folder), "--output", str(folder), *OPTS])
+    assert photo.read_bytes() == original
+    video = tmp_path / "clip.mp4"
+    video.write_bytes(b"")
+    with pytest.raises(ValueError, match="clip.mp4 would overwrite the input"):
+        demo.output_paths([], [video], tmp_path)
+    # Two different files of the same name would be drawn to the same output.
+    with pytest.raises(ValueError, match=f"would both be drawn to .*{images[0].name}"):
+        demo.output_paths([images[0], photo], [], tmp_path / "out")
+    assert list((tmp_path / "out").glob("*")) == []  # checked before anything is run
+
+
+def test_weights_of_another_model_or_no_file_are_errors_naming_the_key(tmp_path):
+    missing, out = str(tmp_path / "model_final.pth"), str(tmp_path / "out")
+    with pytest.raises(FileNotFoundError, match="MODEL.WEIGHTS="):
+        demo.main(["--config-file", CONFIG, "--input", str(tmp_path), "--output", out, "MODEL.WEIGHTS", missing])
+    # Another network's weights: detectron2's DefaultPredictor would only log them as skipped
+    # and run with random ones.
+    torch.save({"model": torchvision.models.resnet18(weights=None).state_dict()}, missing)
+    with pytest.raises(ValueError, match="does not fit the model"):
+        demo.main(["--config-file", CONFIG, "--input", str(tmp_path), "--output", out, "MODEL.WEIGHTS", missing])

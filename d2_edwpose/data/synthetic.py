@@ -9,11 +9,11 @@ image border. It lets the whole pipeline (training, evaluation, demo) run withou
 Usage::
 
     # generate (skipped when DIR already holds a complete dataset with these parameters)
-    python -m d2_edwpose.tools.generate_synthetic_keypoints --output DIR --num-train 800 --num-val 200 --seed 0
+    python -m d2_edwpose.tools.generate_synthetic_keypoints --output DIR --num-train 800 --num-val 100 --seed 0
 
     # from Python
     from d2_edwpose.data.synthetic import generate_synthetic_keypoints
-    generate_synthetic_keypoints("datasets/synthetic_keypoints", num_train=800, num_val=200)
+    generate_synthetic_keypoints("datasets/synthetic_keypoints", num_train=800, num_val=100)
 
 ``import d2_edwpose.data`` registers ``synthetic_keypoints_train`` and
 ``synthetic_keypoints_val`` (use them as ``DATASETS.TRAIN`` / ``DATASETS.TEST``) for the root
@@ -537,7 +537,7 @@ def _is_complete(output, params):
     return True
 
 
-def generate_synthetic_keypoints(output, num_train=800, num_val=200, seed=0):
+def generate_synthetic_keypoints(output, num_train=800, num_val=100, seed=0):
     """Generate the dataset under `output` (see the module docstring) and return its path.
 
     Does nothing if `output` already holds a complete dataset made with the same arguments

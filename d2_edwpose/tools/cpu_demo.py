@@ -20,7 +20,6 @@ import torch
 
 from detectron2.config import get_cfg
 from detectron2.data import DatasetCatalog, MetadataCatalog
-from detectron2.engine import DefaultPredictor
 from detectron2.utils.file_io import PathManager
 from detectron2.utils.logger import setup_logger
 
@@ -30,7 +29,7 @@ from d2_edwpose.data.synthetic import (
     generate_synthetic_keypoints,
     register_synthetic_keypoints,
 )
-from d2_edwpose.engine import Trainer
+from d2_edwpose.engine import Trainer, build_predictor
 from d2_edwpose.tools.demo import run_on_image
 
 DEMO_CONFIG = Path(__file__).resolve().parents[2] / "configs" / "cpu_demo_keypoint_rcnn_mv3_fpn_320_edw.yaml"
@@ -49,14 +48,16 @@ def parse_args(argv=None):
     return parser.parse_args(argv)
 
 
-def plot_training_loss(metrics_file, output_file):
-    """Plot the loss curves detectron2 wrote to metrics.json."""
+def plot_training_loss(metrics_file, output_file, skip_bytes=0):
+    """Plot the loss curves detectron2 wrote to metrics.json, from byte ``skip_bytes`` on:
+    detectron2 appends to the file, which may hold earlier runs."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     with PathManager.open(metrics_file) as f:
+        f.seek(skip_bytes)
         records = [json.loads(line) for line in f if '"total_loss"' in line]
     fig, ax = plt.subplots(figsize=(7, 4))
     for key in ("total_loss", "loss_keypoint", "loss_cls", "loss_box_reg", "loss_rpn_cls"):
@@ -76,12 +77,12 @@ def draw_predictions(cfg, dataset_name, output_dir, count):
     """Predicted poses (score >= 0.5) on the first ``count`` images of ``dataset_name``, as PNG."""
     cfg = cfg.clone()
     cfg.MODEL.ROI_HEADS.SCORE_THRESH_TEST = 0.5
-    predictor = DefaultPredictor(cfg)
+    predictor = build_predictor(cfg)
     metadata = MetadataCatalog.get(dataset_name)
     output_dir.mkdir(parents=True, exist_ok=True)
     return [
-        run_on_image(predictor, metadata, Path(record["file_name"]), output_dir, suffix=".png")
-        for record in DatasetCatalog.get(dataset_name)[:count]
+        run_on_image(predictor, metadata, path, output_dir / f"{path.stem}.png")
+        for path in (Path(record["file_name"]) for record in DatasetCatalog.get(dataset_name)[:count])
     ]
 
 
@@ -102,19 +103,31 @@ def main(argv=None):
     add_edwpose_config(cfg)
     cfg.merge_from_file(args.config_file)
     cfg.merge_from_list(["OUTPUT_DIR", str(output_dir), *args.opts])
+    if cfg.OUTPUT_DIR != str(output_dir):
+        raise ValueError(
+            f"OUTPUT_DIR={cfg.OUTPUT_DIR!r}: the demo writes to --output-dir ({output_dir}); "
+            "set that instead"
+        )
     if len(cfg.DATASETS.TEST) != 1:
         raise ValueError(f"DATASETS.TEST={cfg.DATASETS.TEST!r}: the demo evaluates one dataset")
     cfg.freeze()
     with open(output_dir / "config.yaml", "w") as f:
         f.write(cfg.dump())
 
+    metrics_file = output_dir / "metrics.json"
+    earlier_metrics = metrics_file.stat().st_size if metrics_file.exists() else 0
     trainer = Trainer(cfg)
     trainer.resume_or_load(resume=False)
     trainer.train()  # ends with COCO evaluation on cfg.DATASETS.TEST (detectron2's EvalHook)
     # EvalHook puts the flattened results into the event storage ("keypoints/AP", ...).
     results = {name: value for name, (value, _) in trainer.storage.latest().items()}
+    metrics = ("keypoints/AP", "keypoints/AP50", "keypoints/AP75", "bbox/AP")
+    if not all(name in results for name in metrics):
+        # detectron2's COCOEvaluator returns nothing for a model that detects nobody.
+        logger.warning(f"No COCO results for {cfg.DATASETS.TEST[0]}: the model detected nobody")
+        results = {name: float("nan") for name in metrics}
 
-    plot_training_loss(output_dir / "metrics.json", output_dir / "training_loss.png")
+    plot_training_loss(metrics_file, output_dir / "training_loss.png", earlier_metrics)
     cfg = cfg.clone()
     cfg.defrost()
     cfg.MODEL.WEIGHTS = str(output_dir / "model_final.pth")

@@ -3,13 +3,15 @@
     python -m d2_edwpose.tools.demo --config-file configs/keypoint_rcnn_mv3_fpn_320_edw.yaml \
         --input photo.jpg photos/ clip.mp4 --output output/demo MODEL.WEIGHTS model_final.pth
 
-Images are written to ``--output`` under their own names, videos as ``<name>.mp4``; for a
-video the frames per second of the model (detectron2's ``DefaultPredictor``, pre- and
-post-processing included) are printed.
+Images are written to ``--output`` under their own names, videos as ``<name>.mp4`` (each
+file complete or not at all; never over an input); for a video the frames per second of the
+model (detectron2's ``DefaultPredictor``, pre- and post-processing included) are printed.
 """
 import argparse
 import logging
+import os
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import cv2
@@ -17,12 +19,12 @@ import cv2
 from detectron2.config import get_cfg
 from detectron2.data import MetadataCatalog
 from detectron2.data.datasets.builtin_meta import _get_builtin_metadata
-from detectron2.engine import DefaultPredictor
 from detectron2.utils.logger import setup_logger
 from detectron2.utils.video_visualizer import VideoVisualizer
 from detectron2.utils.visualizer import ColorMode, Visualizer
 
 from d2_edwpose import add_edwpose_config
+from d2_edwpose.engine import build_predictor
 from d2_edwpose.modeling.optimize import optimize_for_inference
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"}
@@ -70,54 +72,95 @@ def collect_inputs(inputs):
     return images, videos
 
 
+def output_paths(images, videos, output_dir):
+    """Where the drawing of each of ``images`` and ``videos`` goes: ``output_dir`` / its name
+    (``<name>.mp4`` for a video). ValueError if one would overwrite an input, or two inputs
+    would be drawn to the same file."""
+    sources = list(images) + list(videos)
+    outputs = [output_dir / p.name for p in images] + [output_dir / f"{p.stem}.mp4" for p in videos]
+    inputs = {source.resolve(): source for source in sources}
+    drawn_from = {}
+    for source, output in zip(sources, outputs):
+        target = output.resolve()
+        if target in inputs:
+            raise ValueError(
+                f"--output {output_dir}: the drawing of {source} would overwrite the input "
+                f"{inputs[target]}; choose another --output folder"
+            )
+        if drawn_from.setdefault(target, source.resolve()) != source.resolve():
+            raise ValueError(
+                f"--input: {inputs[drawn_from[target]]} and {source} would both be drawn to "
+                f"{output}; rename one of them"
+            )
+    return outputs
+
+
+@contextmanager
+def _written_atomically(path):
+    """A temporary name beside ``path``, with its suffix (OpenCV picks the format by it),
+    renamed to ``path`` once the block completes, removed if it fails: an interrupted run
+    leaves no truncated drawing."""
+    partial = path.with_name(f".{path.stem}.partial{path.suffix}")
+    try:
+        yield partial
+        os.replace(partial, path)
+    finally:
+        partial.unlink(missing_ok=True)
+
+
 def draw_poses(image, instances, metadata):
     """``instances`` (boxes, scores, keypoints) drawn on a BGR image with COCO's skeleton."""
     visualizer = Visualizer(image[:, :, ::-1], metadata, instance_mode=ColorMode.IMAGE)
     return visualizer.draw_instance_predictions(instances).get_image()[:, :, ::-1]
 
 
-def run_on_image(predictor, metadata, path, output_dir, suffix=None):
-    """Predict on the image file ``path`` and write the drawing to ``output_dir``, under the
-    same name (with ``suffix`` instead of its own, if given)."""
+def run_on_image(predictor, metadata, path, output):
+    """Predict on the image file ``path`` and write the drawing to the file ``output``."""
     image = cv2.imread(str(path))  # BGR, as DefaultPredictor expects by default
     if image is None:
         raise ValueError(f"{path}: not a readable image file")
     start = time.perf_counter()
     instances = predictor(image)["instances"].to("cpu")
     elapsed = time.perf_counter() - start
-    output = output_dir / (path.name if suffix is None else path.stem + suffix)
-    cv2.imwrite(str(output), draw_poses(image, instances, metadata))
+    with _written_atomically(output) as partial:
+        if not cv2.imwrite(str(partial), draw_poses(image, instances, metadata)):
+            raise OSError(f"{output}: OpenCV could not write this image")
     logger.info(f"{path}: {len(instances)} people in {elapsed * 1000:.0f} ms -> {output}")
     return output
 
 
-def run_on_video(predictor, metadata, path, output_dir):
+def run_on_video(predictor, metadata, path, output):
+    """Predict on every frame of the video file ``path`` and write the drawings to the MPEG-4
+    file ``output``; returns it and the model's frames per second."""
     video = cv2.VideoCapture(str(path))
     if not video.isOpened():
         raise ValueError(f"{path}: OpenCV cannot open this video")
     fps = video.get(cv2.CAP_PROP_FPS) or 30.0
     width = int(video.get(cv2.CAP_PROP_FRAME_WIDTH))
     height = int(video.get(cv2.CAP_PROP_FRAME_HEIGHT))
-    output = output_dir / f"{path.stem}.mp4"
-    writer = cv2.VideoWriter(str(output), cv2.VideoWriter_fourcc(*"mp4v"), fps, (width, height))
     visualizer = VideoVisualizer(metadata, ColorMode.IMAGE)
     frames, model_time = 0, 0.0
-    try:
-        while True:
-            ok, frame = video.read()
-            if not ok:
-                break
-            start = time.perf_counter()
-            instances = predictor(frame)["instances"].to("cpu")
-            model_time += time.perf_counter() - start
-            drawn = visualizer.draw_instance_predictions(frame[:, :, ::-1], instances)
-            writer.write(drawn.get_image()[:, :, ::-1])
-            frames += 1
-    finally:
-        video.release()
-        writer.release()
-    if frames == 0:
-        raise ValueError(f"{path}: no frame could be read")
+    with _written_atomically(output) as partial:
+        fourcc = cv2.VideoWriter_fourcc(*"mp4v")
+        writer = cv2.VideoWriter(str(partial), fourcc, fps, (width, height))
+        try:
+            if not writer.isOpened():
+                raise OSError(f"{output}: OpenCV cannot write an MPEG-4 video")
+            while True:
+                ok, frame = video.read()
+                if not ok:
+                    break
+                start = time.perf_counter()
+                instances = predictor(frame)["instances"].to("cpu")
+                model_time += time.perf_counter() - start
+                drawn = visualizer.draw_instance_predictions(frame[:, :, ::-1], instances)
+                writer.write(drawn.get_image()[:, :, ::-1])
+                frames += 1
+        finally:
+            video.release()
+            writer.release()
+        if frames == 0:
+            raise ValueError(f"{path}: no frame could be read")
     model_fps = frames / model_time
     print(f"{path}: {frames} frames, {model_fps:.1f} FPS (model incl. pre/post-processing) -> {output}")
     return output, model_fps
@@ -134,15 +177,22 @@ def main(argv=None):
     setup_logger(name="d2_edwpose")
 
     images, videos = collect_inputs(args.input)
+    output_dir = Path(args.output)
+    outputs = output_paths(images, videos, output_dir)
     cfg = setup_cfg(args.config_file, args.opts, args.confidence_threshold)
-    predictor = DefaultPredictor(cfg)
+    predictor = build_predictor(cfg)
     if cfg.TEST.OPTIMIZE_FOR_INFERENCE:
         optimize_for_inference(predictor.model)
     metadata = keypoint_metadata(cfg)
-    output_dir = Path(args.output)
     output_dir.mkdir(parents=True, exist_ok=True)
-    written = [run_on_image(predictor, metadata, path, output_dir) for path in images]
-    written += [run_on_video(predictor, metadata, path, output_dir)[0] for path in videos]
+    written = [
+        run_on_image(predictor, metadata, path, output)
+        for path, output in zip(images, outputs)
+    ]
+    written += [
+        run_on_video(predictor, metadata, path, output)[0]
+        for path, output in zip(videos, outputs[len(images) :])
+    ]
     return written
 
 

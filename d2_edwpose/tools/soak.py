@@ -21,12 +21,11 @@ from pathlib import Path
 import cv2
 
 from detectron2.config import get_cfg
-from detectron2.engine import DefaultPredictor
 from detectron2.utils.logger import setup_logger
 
 from d2_edwpose import add_edwpose_config
-from d2_edwpose.config import validate_edwpose_config
 from d2_edwpose.data.synthetic import generate_synthetic_keypoints
+from d2_edwpose.engine import build_predictor
 
 logger = logging.getLogger("d2_edwpose.soak")
 
@@ -66,16 +65,13 @@ def main(argv=None):
     cfg.merge_from_list(args.opts)
     if args.weights is not None:
         cfg.MODEL.WEIGHTS = args.weights
-    if cfg.MODEL.WEIGHTS and not os.path.isfile(cfg.MODEL.WEIGHTS):
-        raise FileNotFoundError(f"MODEL.WEIGHTS={cfg.MODEL.WEIGHTS!r}: no such file")
-    validate_edwpose_config(cfg)
     cfg.freeze()
+    predictor = build_predictor(cfg)  # before the images: a bad config or weights fail fast
 
     root = generate_synthetic_keypoints(args.data_root, num_train=0, num_val=args.num_images)
     # The generated split's own file list: the folder may hold more images from an earlier run.
     with open(Path(root, "annotations", "person_keypoints_val.json")) as f:
         images = [Path(root, "val", image["file_name"]) for image in json.load(f)["images"]]
-    predictor = DefaultPredictor(cfg)
 
     start = time.perf_counter()
     for count, path in enumerate(images, 1):

@@ -262,6 +262,7 @@ def winograd_conv3x3_maps(xs, transformed_weight, bias, padding, max_tiles=_MAX_
     (:func:`_tile_groups`); a larger map runs alone, in chunks. Returns the outputs in order,
     channels-last."""
     counts = [_num_output_tiles(x.shape, padding) for x in xs]
+    transforms = _WINOGRAD_INPUT.to(xs[0]), _WINOGRAD_OUTPUT.to(xs[0])
     outs = []
     for group in _tile_groups(counts, max_tiles):
         if len(group) == 1 and counts[group[0]] > max_tiles:
@@ -270,7 +271,6 @@ def winograd_conv3x3_maps(xs, transformed_weight, bias, padding, max_tiles=_MAX_
         pieces = [
             _padded_input_and_output(xs[i], padding, transformed_weight.shape[2]) for i in group
         ]
-        transforms = _WINOGRAD_INPUT.to(xs[0]), _WINOGRAD_OUTPUT.to(xs[0])
         _winograd_tiles(pieces, transformed_weight, bias, transforms)
         outs.extend(out.permute(0, 3, 1, 2) for _, out in pieces)
     return outs

@@ -80,10 +80,8 @@ def draw_predictions(cfg, dataset_name, output_dir, count):
     predictor = build_predictor(cfg)
     metadata = MetadataCatalog.get(dataset_name)
     output_dir.mkdir(parents=True, exist_ok=True)
-    return [
-        run_on_image(predictor, metadata, path, output_dir / f"{path.stem}.png")
-        for path in (Path(record["file_name"]) for record in DatasetCatalog.get(dataset_name)[:count])
-    ]
+    paths = [Path(record["file_name"]) for record in DatasetCatalog.get(dataset_name)[:count]]
+    return [run_on_image(predictor, metadata, path, output_dir / f"{path.stem}.png") for path in paths]
 
 
 def main(argv=None):

@@ -20,8 +20,8 @@ stage5  32      13 ... 16               9 ... 12
 
 stage5 ends with the final 1x1 convolution (to 960 / 576 channels at width 1.0), as in
 torchvision's detection models. The stem is the first convolution only: it is what
-detectron2's ``MODEL.BACKBONE.FREEZE_AT`` = 1 freezes, like ResNet's stem; large's features[1] (stride 2, no downsampling)
-opens stage2.
+detectron2's ``MODEL.BACKBONE.FREEZE_AT`` = 1 freezes, like ResNet's stem; large's
+features[1] (stride 2, no downsampling) opens stage2.
 """
 import math
 from numbers import Real

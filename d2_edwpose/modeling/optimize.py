@@ -21,6 +21,8 @@
   keypoint head's) run the Winograd algorithm F(4x4, 3x3) on channels-last maps, 4x fewer
   multiply-adds (:class:`_WinogradConv2d`). The RPN head's conv, shared by all levels, runs
   on all of them at once (:class:`_LevelBatchedRPNHead`).
+* **RPN proposals selected best first** (CPU): NMS runs on the best-scoring candidates first,
+  on more only when too few survive (:class:`~d2_edwpose.modeling.rpn_proposals.BestFirstRPN`).
 * **transposed convs as a matrix product** (CPU): the keypoint heads' heatmap predictor runs
   as one matrix product and a col2im sum (:class:`_GemmConvTranspose2d`).
 
@@ -36,10 +38,11 @@ from torch.nn import functional as F
 from torch.nn.utils.fusion import fuse_conv_bn_weights
 
 from detectron2.layers import Conv2d, FrozenBatchNorm2d
-from detectron2.modeling.proposal_generator.rpn import StandardRPNHead
+from detectron2.modeling.proposal_generator.rpn import RPN, StandardRPNHead
 
 from ..layers import EDWConv
 from .roi_pooling import ChannelsLastROIPooler, is_cpu_float32_inference
+from .rpn_proposals import BestFirstRPN
 
 __all__ = ["optimize_for_inference", "fold_conv_norms"]
 
@@ -615,6 +618,17 @@ def _flatten_box_features_channels_last(model: nn.Module) -> int:
     return changed
 
 
+def _best_first_rpns(model: nn.Module) -> int:
+    """Make every detectron2 :class:`RPN` of ``model`` a :class:`BestFirstRPN`, in place (same
+    object, submodules and settings); returns how many."""
+    changed = 0
+    for module in model.modules():
+        if type(module) is RPN:
+            module.__class__ = BestFirstRPN
+            changed += 1
+    return changed
+
+
 # Modules made by the rewrites: their children are not rewritten again.
 _REWRITTEN = (
     _SplitEDWConv,
@@ -656,6 +670,7 @@ def optimize_for_inference(model: nn.Module, device=None) -> nn.Module:
         counts["channels-last box-feature flattens"] = _flatten_box_features_channels_last(model)
         counts["Winograd convs"] = _replace_modules(model, _winograd_conv)
         counts["level-batched RPN heads"] = _replace_modules(model, _level_batched_rpn_head)
+        counts["best-first RPN proposal selections"] = _best_first_rpns(model)
         model.to(memory_format=torch.channels_last)
         for module in model.modules():
             if isinstance(module, _GemmConvTranspose2d):  # from an earlier call

@@ -451,6 +451,21 @@ def test_rpn_head_runs_its_conv_on_all_levels_at_once(monkeypatch):
     assert batched_calls == [] and optimized.head.conv.conv.weight.grad is not None
 
 
+def test_relus_right_after_convs_of_sequentials_rectify_in_place():
+    torch.manual_seed(0)
+    conv_relu = nn.Sequential(nn.Conv2d(4, 4, 3, padding=1), nn.ReLU())
+    identity_relu = nn.Sequential(nn.Identity(), nn.ReLU())  # would rectify its input
+    model = nn.Sequential(conv_relu, identity_relu).eval()
+    x = torch.randn(2, 4, 8, 8)
+    with torch.no_grad():
+        expected = model(x.clone())
+        optimize_for_inference(model, device="cpu")
+        assert conv_relu[1].inplace and not identity_relu[1].inplace
+        unchanged = x.clone()
+        torch.testing.assert_close(conv_relu(x), expected, rtol=0, atol=1e-5)
+        assert torch.equal(x, unchanged)
+
+
 def test_refuses_a_model_in_training_mode():
     with pytest.raises(ValueError, match="model.eval()"):
         optimize_for_inference(nn.Sequential(nn.Conv2d(1, 1, 1)))
@@ -500,6 +515,8 @@ def test_optimized_model_gives_the_same_detections(config):
         wide_fpn * (len(cfg.MODEL.FPN.IN_FEATURES) + 1) + vanilla_head * num_head_convs
     )
     assert kinds.count("_LevelBatchedRPNHead") == wide_fpn
+    head_relus = [m for m in optimized.roi_heads.keypoint_head.modules() if type(m) is nn.ReLU]
+    assert len(head_relus) == num_head_convs and all(relu.inplace for relu in head_relus)
     inputs = [
         {"image": torch.randint(0, 256, (3, 240, 360), dtype=torch.uint8, generator=generator)},
         {"image": torch.randint(0, 256, (3, 320, 320), dtype=torch.uint8, generator=generator)},

@@ -25,6 +25,7 @@
   on more only when too few survive (:class:`~d2_edwpose.modeling.rpn_proposals.BestFirstRPN`).
 * **transposed convs as a matrix product** (CPU): the keypoint heads' heatmap predictor runs
   as one matrix product and a col2im sum (:class:`_GemmConvTranspose2d`).
+* **in-place ReLUs** after the convs of ``nn.Sequential`` heads (:func:`_relus_in_place`).
 
 Each rewrite gives the same result up to float rounding (folding reorders a product, Winograd
 transforms the tiles); ``tests/test_optimize.py`` checks equal detections with boxes and
@@ -143,9 +144,11 @@ class _SplitEDWConv(nn.Module):
         self.norm, self.activation = pointwise.norm, pointwise.activation
 
     def forward(self, x):
-        out = F.conv2d(self.depthwise[0](x), self.pointwise_weights[0], self.bias)
-        for depthwise, weight in zip(self.depthwise[1:], self.pointwise_weights[1:]):
-            out = out.add_(F.conv2d(depthwise(x), weight))
+        # All depthwise convs first, while x is in the caches (8 MB at 20 RoIs of 512 x 14 x 14).
+        filtered = [depthwise(x) for depthwise in self.depthwise]
+        out = F.conv2d(filtered[0], self.pointwise_weights[0], self.bias)
+        for part, weight in zip(filtered[1:], self.pointwise_weights[1:]):
+            out = out.add_(F.conv2d(part, weight))
         if self.norm is not None:
             out = self.norm(out)
         if self.activation is not None:
@@ -629,6 +632,26 @@ def _best_first_rpns(model: nn.Module) -> int:
     return changed
 
 
+# Convs whose forward returns a new tensor.
+_CONVS = _PLAIN_CONVS + (_SplitEDWConv, _WinogradConv2d)
+
+
+def _relus_in_place(model: nn.Module) -> int:
+    """Make ``nn.ReLU`` modules that directly follow a conv in an ``nn.Sequential`` (detectron2's
+    keypoint heads) in-place: the conv's output is a new tensor that only the ReLU reads, and
+    rectifying it in place saves a pass over it and its allocation (20 RoIs of 512 x 14 x 14:
+    8 MB per conv). Returns how many."""
+    changed = 0
+    for module in model.modules():
+        if not isinstance(module, nn.Sequential):
+            continue
+        for first, second in zip(module, list(module)[1:]):
+            if type(second) is nn.ReLU and not second.inplace and type(first) in _CONVS:
+                second.inplace = True
+                changed += 1
+    return changed
+
+
 # Modules made by the rewrites: their children are not rewritten again.
 _REWRITTEN = (
     _SplitEDWConv,
@@ -671,6 +694,7 @@ def optimize_for_inference(model: nn.Module, device=None) -> nn.Module:
         counts["Winograd convs"] = _replace_modules(model, _winograd_conv)
         counts["level-batched RPN heads"] = _replace_modules(model, _level_batched_rpn_head)
         counts["best-first RPN proposal selections"] = _best_first_rpns(model)
+        counts["in-place ReLUs"] = _relus_in_place(model)
         model.to(memory_format=torch.channels_last)
         for module in model.modules():
             if isinstance(module, _GemmConvTranspose2d):  # from an earlier call

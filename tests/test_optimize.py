@@ -80,6 +80,9 @@ def test_edwconv_as_summed_depthwise_separable_convs(expand_factor, channels_las
         x = x.contiguous(memory_format=torch.channels_last)
     torch.testing.assert_close(optimized(x), expected, rtol=1e-5, atol=1e-5)
     assert optimized(torch.zeros(0, 6, 7, 8)).shape == (0, 4, 7, 8)
+    # Maps that are not NHWC (a split conv outside a channels-last model) are summed as such.
+    split = optimize._SplitEDWConv(edw[0])
+    torch.testing.assert_close(split(x.contiguous()), edw[0](x), rtol=1e-5, atol=1e-5)
 
 
 def random_boxes(generator, count, image_size):

@@ -148,12 +148,26 @@ class _SplitEDWConv(nn.Module):
         filtered = [depthwise(x) for depthwise in self.depthwise]
         out = F.conv2d(filtered[0], self.pointwise_weights[0], self.bias)
         for part, weight in zip(filtered[1:], self.pointwise_weights[1:]):
-            out = out.add_(F.conv2d(part, weight))
+            if _is_nhwc(out) and _is_nhwc(part):
+                # A 1x1 conv of NHWC maps is a matrix product: accumulated into out's memory
+                # by the product itself, not added as a new tensor.
+                _pixel_rows(out).addmm_(_pixel_rows(part), weight.flatten(1).t())
+            else:
+                out = out.add_(F.conv2d(part, weight))
         if self.norm is not None:
             out = self.norm(out)
         if self.activation is not None:
             out = self.activation(out)
         return out
+
+
+def _is_nhwc(x: torch.Tensor) -> bool:
+    return x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last)
+
+
+def _pixel_rows(x: torch.Tensor) -> torch.Tensor:
+    """An NHWC (N, C, H, W) tensor's memory as (N * H * W, C) rows: a view, never a copy."""
+    return x.permute(0, 2, 3, 1).view(-1, x.shape[1])
 
 
 def _replace_modules(model: nn.Module, replacement) -> int:

@@ -124,6 +124,19 @@ def test_tied_or_non_finite_scores(tries, case, expected_tries):
     assert tries == expected_tries
 
 
+def test_no_proposals_wanted_and_training_select_as_detectron2(tries):
+    proposals, logits = random_levels(
+        torch.Generator().manual_seed(7), 1, [600, 300], box_size=10, spread=320
+    )
+    assert [len(result) for result in assert_same_selection(proposals, logits, 500, 0)] == [0]
+    # Training: all candidates, as detectron2 checks them all for non-finite values.
+    proposals[1][0, -1] = float("nan")
+    arguments = (proposals, logits, [IMAGE_SIZE], 0.7, 500, 100, 0.0, True)
+    with pytest.raises(FloatingPointError):
+        find_top_rpn_proposals_best_first(*arguments)
+    assert tries == [900, 900]  # both on all 900 anchors
+
+
 def test_empty_levels_and_fewer_candidates_than_the_first_try():
     proposals, logits = random_levels(
         torch.Generator().manual_seed(4), 2, [0, 100, 20], box_size=10, spread=320
@@ -166,10 +179,10 @@ def test_optimize_for_inference_selects_a_models_proposals_best_first(monkeypatc
     anchors = [Boxes(level[0]) for level in proposals]
     deltas = [torch.zeros_like(level) for level in proposals]
     rpn = model.proposal_generator
-    for training, expected_calls in ((True, 0), (False, 1)):
+    for training, grad, expected_calls in ((True, False, 0), (False, False, 1), (False, True, 1)):
         calls.clear()
         rpn.train(training)
-        with torch.no_grad():
+        with torch.set_grad_enabled(grad):
             rpn.predict_proposals(anchors, logits, deltas, [IMAGE_SIZE])
         assert len(calls) == expected_calls
 

@@ -28,8 +28,8 @@
 * **in-place ReLUs** after the convs of ``nn.Sequential`` heads (:func:`_relus_in_place`).
 
 Each rewrite gives the same result up to float rounding (folding reorders a product, Winograd
-transforms the tiles); ``tests/test_optimize.py`` checks equal detections with boxes and
-keypoints within 0.01 px.
+transforms the tiles, NMS on fewer boxes may shift them by level); ``tests/test_optimize.py``
+checks equal detections with boxes and keypoints within 0.01 px.
 """
 import logging
 
@@ -40,8 +40,10 @@ from torch.nn.utils.fusion import fuse_conv_bn_weights
 
 from detectron2.layers import Conv2d, FrozenBatchNorm2d
 from detectron2.modeling.proposal_generator.rpn import RPN, StandardRPNHead
+from detectron2.modeling.roi_heads.keypoint_head import KRCNNConvDeconvUpsampleHead
 
-from ..layers import EDWConv
+from ..layers import DWConv, EDWConv
+from .roi_heads.keypoint_head import KRCNNSeparableConvDeconvUpsampleHead
 from .roi_pooling import ChannelsLastROIPooler, is_cpu_float32_inference
 from .rpn_proposals import BestFirstRPN
 
@@ -144,7 +146,8 @@ class _SplitEDWConv(nn.Module):
         self.norm, self.activation = pointwise.norm, pointwise.activation
 
     def forward(self, x):
-        # All depthwise convs first, while x is in the caches (8 MB at 20 RoIs of 512 x 14 x 14).
+        # All depthwise convs first, while x is in the caches (8 MB at 20 RoIs of 512 x 14 x 14);
+        # their e outputs are alive at once, e - 1 maps more than one at a time.
         filtered = [depthwise(x) for depthwise in self.depthwise]
         out = F.conv2d(filtered[0], self.pointwise_weights[0], self.bias)
         for part, weight in zip(filtered[1:], self.pointwise_weights[1:]):
@@ -647,17 +650,20 @@ def _best_first_rpns(model: nn.Module) -> int:
 
 
 # Convs whose forward returns a new tensor.
-_CONVS = _PLAIN_CONVS + (_SplitEDWConv, _WinogradConv2d)
+_CONVS = _PLAIN_CONVS + (EDWConv, DWConv, _SplitEDWConv, _WinogradConv2d)
+# Sequentials whose forward passes each layer's output to the next layer only: detectron2's
+# keypoint heads iterate over their layers so (``layers``); other subclasses may not.
+_LAYER_CHAINS = (nn.Sequential, KRCNNConvDeconvUpsampleHead, KRCNNSeparableConvDeconvUpsampleHead)
 
 
 def _relus_in_place(model: nn.Module) -> int:
-    """Make ``nn.ReLU`` modules that directly follow a conv in an ``nn.Sequential`` (detectron2's
-    keypoint heads) in-place: the conv's output is a new tensor that only the ReLU reads, and
-    rectifying it in place saves a pass over it and its allocation (20 RoIs of 512 x 14 x 14:
-    8 MB per conv). Returns how many."""
+    """Make ``nn.ReLU`` modules that directly follow a conv in an ``nn.Sequential`` or a keypoint
+    head (:data:`_LAYER_CHAINS`) in-place: the conv's output is a new tensor that only the ReLU
+    reads, and rectifying it in place saves a pass over it and its allocation (20 RoIs of
+    512 x 14 x 14: 8 MB per conv). Returns how many."""
     changed = 0
     for module in model.modules():
-        if not isinstance(module, nn.Sequential):
+        if type(module) not in _LAYER_CHAINS:
             continue
         for first, second in zip(module, list(module)[1:]):
             if type(second) is nn.ReLU and not second.inplace and type(first) in _CONVS:
@@ -690,7 +696,8 @@ def optimize_for_inference(model: nn.Module, device=None) -> nn.Module:
 
     Forward hooks registered on modules that a rewrite replaces or computes differently (a
     folded norm, a conv run by Winograd, the RPN head's conv run once for all levels) do not
-    run on the rewritten path: register hooks on the optimized model's modules.
+    run on the rewritten path: register hooks on the optimized model's modules. A hook that
+    keeps the output of a conv followed by a ReLU made in-place sees it rectified.
     """
     if model.training:
         raise ValueError(

@@ -8,7 +8,7 @@ it costs ~n^2 / 2 IoUs: 11 of the 16 ms of the selection on two cores (paper con
 weights).
 
 Greedy NMS decides each box from the higher-scoring boxes of its level alone. NMS over the
-candidates scoring at least some threshold therefore keeps exactly the boxes that NMS over all
+candidates scoring at least some threshold therefore keeps the boxes that NMS over all
 candidates keeps among them, and once those are ``post_nms_topk`` they are the answer: every
 other survivor scores lower. :func:`find_top_rpn_proposals_best_first` runs detectron2's own
 selection on the best ``1.5 * post_nms_topk`` candidates first and on more (at last all) only
@@ -17,6 +17,14 @@ COCO images (at the paper configs' 1,000 / 1,000 proposals). Two cases take all 
 once: equal scores among the tried ones (``torch.sort`` orders them by the tensor it sorts, so
 detectron2 could order, and suppress, them differently in a part) and NaN scores (sorted
 first, they take candidate places that a part would give to others).
+
+The result is detectron2's up to float rounding, like the other rewrites of
+:func:`~d2_edwpose.modeling.optimize.optimize_for_inference`: torchvision's ``batched_nms``
+runs one NMS on boxes shifted by level (by the largest coordinate of the set + 1) when there
+are at most 1,000 boxes on a CPU, and one NMS per level on the boxes as they are otherwise.
+The shift rounds coordinates, so a part and all candidates, run the one way and the other, can
+compute an IoU differently in its last bits and decide differently for a pair of boxes whose
+IoU is within ~1e-6 of the NMS threshold.
 """
 import math
 from typing import List, Tuple
@@ -25,8 +33,6 @@ import torch
 
 from detectron2.modeling.proposal_generator.proposal_utils import find_top_rpn_proposals
 from detectron2.modeling.proposal_generator.rpn import RPN
-
-from .roi_pooling import is_cpu_float32_inference
 
 __all__ = ["find_top_rpn_proposals_best_first", "BestFirstRPN"]
 
@@ -47,8 +53,20 @@ def find_top_rpn_proposals_best_first(
     min_box_size: float,
     training: bool,
 ):
-    """detectron2's :func:`find_top_rpn_proposals` (same arguments, same result), running NMS
-    on the best-scoring candidates of each image first (module docstring)."""
+    """detectron2's :func:`find_top_rpn_proposals` (same arguments, same result up to float
+    rounding), running NMS on the best-scoring candidates of each image first (module
+    docstring). Training takes detectron2's path: it checks all candidates for NaN and Inf."""
+    if training:
+        return find_top_rpn_proposals(
+            proposals,
+            pred_objectness_logits,
+            image_sizes,
+            nms_thresh,
+            pre_nms_topk,
+            post_nms_topk,
+            min_box_size,
+            training,
+        )
     results = []
     for image, image_size in enumerate(image_sizes):
         image_proposals = [p[image : image + 1] for p in proposals]
@@ -58,7 +76,7 @@ def find_top_rpn_proposals_best_first(
             logits[0].topk(min(logits.shape[1], pre_nms_topk)).values for logits in image_logits
         ]
         candidates = torch.cat(level_candidates)
-        if candidates.isnan().any():
+        if post_nms_topk <= 0 or candidates.isnan().any():
             budget = len(candidates)
         else:
             budget = math.ceil(_FIRST_TRY * post_nms_topk)
@@ -66,13 +84,15 @@ def find_top_rpn_proposals_best_first(
             selected_proposals, selected_logits = image_proposals, image_logits
             if budget < len(candidates):
                 threshold = candidates.topk(budget).values[-1]
+                # Within each level's candidates: a level whose scores all exceed the others'
+                # must not bring more than its pre_nms_topk best.
                 selected = [
                     logits[0] >= torch.maximum(threshold, best[-1]) if len(best) else slice(0)
                     for logits, best in zip(image_logits, level_candidates)
                 ]
                 part_logits = [logits[:, s] for logits, s in zip(image_logits, selected)]
                 # With distinct scores the part is the best of each level in one order: detectron2
-                # picks, orders and suppresses in it as in all.
+                # picks, orders and suppresses in it as in all. With equal scores, take all.
                 scores = torch.cat([logits[0] for logits in part_logits])
                 if len(scores.unique()) == len(scores):
                     selected_proposals = [p[:, s] for p, s in zip(image_proposals, selected)]
@@ -101,22 +121,28 @@ def find_top_rpn_proposals_best_first(
 
 class BestFirstRPN(RPN):
     """detectron2's :class:`RPN` selecting its CPU inference proposals with
-    :func:`find_top_rpn_proposals_best_first`; training, tracing and other devices take
-    detectron2's path. It adds no state: :func:`~d2_edwpose.modeling.optimize.optimize_for_inference`
+    :func:`find_top_rpn_proposals_best_first`; training, tracing and other devices (whose NMS
+    kernels do not compare box after box) take detectron2's path. It adds no state: :func:`~d2_edwpose.modeling.optimize.optimize_for_inference`
     turns a model's detectron2 RPN into one by setting its class."""
 
     def predict_proposals(self, anchors, pred_objectness_logits, pred_anchor_deltas, image_sizes):
-        if self.training or not is_cpu_float32_inference(pred_objectness_logits[0]):
+        if (
+            self.training
+            or torch.jit.is_tracing()
+            or pred_objectness_logits[0].device.type != "cpu"
+        ):
             return super().predict_proposals(
                 anchors, pred_objectness_logits, pred_anchor_deltas, image_sizes
             )
-        return find_top_rpn_proposals_best_first(
-            self._decode_proposals(anchors, pred_anchor_deltas),
-            pred_objectness_logits,
-            image_sizes,
-            self.nms_thresh,
-            self.pre_nms_topk[False],
-            self.post_nms_topk[False],
-            self.min_box_size,
-            False,
-        )
+        # As detectron2: proposals are not differentiated through.
+        with torch.no_grad():
+            return find_top_rpn_proposals_best_first(
+                self._decode_proposals(anchors, pred_anchor_deltas),
+                pred_objectness_logits,
+                image_sizes,
+                self.nms_thresh,
+                self.pre_nms_topk[False],
+                self.post_nms_topk[False],
+                self.min_box_size,
+                False,
+            )

@@ -56,17 +56,9 @@ def find_top_rpn_proposals_best_first(
     """detectron2's :func:`find_top_rpn_proposals` (same arguments, same result up to float
     rounding), running NMS on the best-scoring candidates of each image first (module
     docstring). Training takes detectron2's path: it checks all candidates for NaN and Inf."""
+    settings = (nms_thresh, pre_nms_topk, post_nms_topk, min_box_size, training)
     if training:
-        return find_top_rpn_proposals(
-            proposals,
-            pred_objectness_logits,
-            image_sizes,
-            nms_thresh,
-            pre_nms_topk,
-            post_nms_topk,
-            min_box_size,
-            training,
-        )
+        return find_top_rpn_proposals(proposals, pred_objectness_logits, image_sizes, *settings)
     results = []
     for image, image_size in enumerate(image_sizes):
         image_proposals = [p[image : image + 1] for p in proposals]
@@ -81,34 +73,14 @@ def find_top_rpn_proposals_best_first(
         else:
             budget = math.ceil(_FIRST_TRY * post_nms_topk)
         while True:
-            selected_proposals, selected_logits = image_proposals, image_logits
+            part = None
             if budget < len(candidates):
                 threshold = candidates.topk(budget).values[-1]
-                # Within each level's candidates: a level whose scores all exceed the others'
-                # must not bring more than its pre_nms_topk best.
-                selected = [
-                    logits[0] >= torch.maximum(threshold, best[-1]) if len(best) else slice(0)
-                    for logits, best in zip(image_logits, level_candidates)
-                ]
-                part_logits = [logits[:, s] for logits, s in zip(image_logits, selected)]
-                # With distinct scores the part is the best of each level in one order: detectron2
-                # picks, orders and suppresses in it as in all. With equal scores, take all.
-                scores = torch.cat([logits[0] for logits in part_logits])
-                if len(scores.unique()) == len(scores):
-                    selected_proposals = [p[:, s] for p, s in zip(image_proposals, selected)]
-                    selected_logits = part_logits
-                else:
-                    budget = len(candidates)
-            (result,) = find_top_rpn_proposals(
-                selected_proposals,
-                selected_logits,
-                [image_size],
-                nms_thresh,
-                pre_nms_topk,
-                post_nms_topk,
-                min_box_size,
-                training,
-            )
+                part = _best_candidates(image_proposals, image_logits, level_candidates, threshold)
+            if part is None:  # all candidates
+                budget = len(candidates)
+                part = image_proposals, image_logits
+            (result,) = find_top_rpn_proposals(*part, [image_size], *settings)
             if len(result) >= post_nms_topk or budget >= len(candidates):
                 results.append(result)
                 break
@@ -119,11 +91,30 @@ def find_top_rpn_proposals_best_first(
     return results
 
 
+def _best_candidates(proposals, logits, level_candidates, threshold):
+    """The (proposals, logits) of one image's candidates scoring at least ``threshold``, level by
+    level, or None where they have equal scores."""
+    # Within each level's candidates: a level whose scores all exceed the others' must not bring
+    # more than its pre_nms_topk best.
+    selected = [
+        level_logits[0] >= torch.maximum(threshold, best[-1]) if len(best) else slice(0)
+        for level_logits, best in zip(logits, level_candidates)
+    ]
+    part_logits = [level_logits[:, s] for level_logits, s in zip(logits, selected)]
+    # With distinct scores the part is the best of each level in one order: detectron2 picks,
+    # orders and suppresses in it as in all. Equal scores it may order differently in a part.
+    scores = torch.cat([level_logits[0] for level_logits in part_logits])
+    if len(scores.unique()) != len(scores):
+        return None
+    return [p[:, s] for p, s in zip(proposals, selected)], part_logits
+
+
 class BestFirstRPN(RPN):
     """detectron2's :class:`RPN` selecting its CPU inference proposals with
     :func:`find_top_rpn_proposals_best_first`; training, tracing and other devices (whose NMS
-    kernels do not compare box after box) take detectron2's path. It adds no state: :func:`~d2_edwpose.modeling.optimize.optimize_for_inference`
-    turns a model's detectron2 RPN into one by setting its class."""
+    kernels do not compare box after box) take detectron2's path. It adds no state:
+    :func:`~d2_edwpose.modeling.optimize.optimize_for_inference` turns a model's detectron2 RPN
+    into one by setting its class."""
 
     def predict_proposals(self, anchors, pred_objectness_logits, pred_anchor_deltas, image_sizes):
         if (

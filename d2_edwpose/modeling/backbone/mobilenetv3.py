@@ -88,9 +88,12 @@ _STAGE_NAMES = tuple(_STAGE_STRIDES)
 _STAGE_AT_STRIDE = {stride: name for name, stride in _STAGE_STRIDES.items()}
 _OUTPUT_NAMES = _STAGE_NAMES[1:]
 
-# torchvision's BatchNorm settings for MobileNetV3 (its ImageNet weights were trained with them).
+# torchvision's BatchNorm eps for MobileNetV3: part of what its ImageNet weights compute.
+# The momentum stays PyTorch's 0.1, that of detectron2's other BatchNorms, not torchvision's
+# 0.01: that was tuned for ImageNet's 600 epochs, and over a detection schedule of a few
+# hundred iterations it leaves the running statistics weighted towards the first iterations'
+# (from scratch, orders of magnitude off), so that the model evaluates unlike it trained.
 _BN_EPS = 0.001
-_BN_MOMENTUM = 0.01
 # detectron2's GN uses 32 groups, which do not divide most of MobileNetV3's channel counts
 # (multiples of 8: 16, 24, 40, ...); those layers use gcd(32, channels) groups, the largest
 # power of two up to 32 that divides them (16 channels: 16 groups of one channel each).
@@ -121,7 +124,6 @@ def _norm_layer(norm):
             ) from None
         if isinstance(layer, nn.modules.batchnorm._BatchNorm):
             layer.eps = _BN_EPS
-            layer.momentum = _BN_MOMENTUM
         return layer
 
     return make
@@ -156,7 +158,8 @@ class MobileNetV3(Backbone):
                 stage2 ... stage<k> (detectron2's ``MODEL.BACKBONE.FREEZE_AT``); see
                 :meth:`freeze`.
             norm (str): a norm of detectron2's ``get_norm``, with torchvision's BatchNorm eps
-                and momentum; "GN" uses at most 32 groups (see ``_GN_GROUPS``).
+                and PyTorch's momentum (see ``_BN_EPS``); "GN" uses at most 32 groups (see
+                ``_GN_GROUPS``).
         """
         super().__init__()
         if arch not in ARCHS:

@@ -12,7 +12,7 @@ starts N CPU processes (gloo backend).
 # d2_edwpose first: it installs its detectron2 compatibility hook (d2_edwpose/compat.py) in
 # environments set up without the start-up .pth file.
 from d2_edwpose import add_edwpose_config  # isort: skip
-from d2_edwpose.engine import Trainer  # isort: skip
+from d2_edwpose.engine import Trainer, check_datasets  # isort: skip
 
 from detectron2.config import get_cfg
 from detectron2.engine import default_argument_parser, default_setup, launch
@@ -39,6 +39,7 @@ def setup(args):
 def main(args):
     cfg = setup(args)
     if args.eval_only:
+        check_datasets(cfg, train=False)
         model = Trainer.build_model(cfg)
         SafeCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(
             cfg.MODEL.WEIGHTS, resume=args.resume

@@ -15,6 +15,10 @@ def add_edwpose_config(cfg):
     # shortest-edge resize is a no-op and images reach the model at full resolution.
     cfg.INPUT.FIXED_SIZE = (320, 320)
 
+    # COCO-format keypoint datasets to register (d2_edwpose.data.register_config_datasets), by
+    # name: {JSON_FILE, IMAGE_ROOT, KEYPOINT_SET ("coco_person", "crowdpose" or a .json file)}.
+    cfg.DATASETS.COCO_KEYPOINTS = CN(new_allowed=True)
+
     cfg.MODEL.MOBILENETV3 = CN()
     # "large" or "small": torchvision's mobilenet_v3_large / mobilenet_v3_small.
     cfg.MODEL.MOBILENETV3.ARCH = "large"

@@ -3,23 +3,29 @@ import logging
 import os
 import weakref
 
-from detectron2.data import DatasetMapper, build_detection_test_loader
-from detectron2.engine import DefaultPredictor, DefaultTrainer
-from detectron2.evaluation import COCOEvaluator
+import torch
+from fvcore.nn.precise_bn import get_bn_modules, update_bn_stats
+
+from detectron2.data import DatasetCatalog, DatasetMapper, build_detection_test_loader
+from detectron2.engine import DefaultPredictor, DefaultTrainer, HookBase, hooks
 from detectron2.utils import comm
+from detectron2.utils.events import EventStorage
 
 from .checkpoint import SafeCheckpointer
 from .config import validate_edwpose_config
-from .data.catalog import verify_dataset_files
-from .data.checks import ReportingMapper
+from .data.catalog import check_keypoint_datasets, oks_sigmas, verify_dataset_files
+from .data.checks import ReportingMapper, check_keypoint_counts
+from .data.coco_keypoints import register_config_datasets
 from .data.train_loader import (
     MODEL_STREAM,
+    PRECISE_BN_STREAM,
     build_resumable_train_loader,
     derive_seed,
     seed_process_rngs,
 )
+from .evaluation import KeypointCOCOEvaluator
 
-__all__ = ["Trainer", "build_predictor"]
+__all__ = ["PreciseBN", "Trainer", "build_predictor", "check_datasets"]
 
 logger = logging.getLogger(__name__)
 
@@ -38,6 +44,77 @@ def _with_run_seed(cfg):
         cfg.freeze()
     logger.info(f"SEED < 0: this run uses the random seed {cfg.SEED} (saved in its checkpoints).")
     return cfg
+
+
+def check_datasets(cfg, *, train):
+    """Register the config's ``DATASETS.COCO_KEYPOINTS`` and check, before anything runs, what
+    would otherwise fail or mislead later: the datasets' files exist, their keypoint sets match the config (:func:`check_keypoint_datasets`), and
+    the test sets load and have ``NUM_KEYPOINTS`` keypoints per annotation, so that an
+    evaluation at the end of a schedule cannot fail on them. ``train``: check
+    ``DATASETS.TRAIN`` too (whose annotations the training loader checks as it loads them)."""
+    register_config_datasets(cfg)
+    train_names = tuple(cfg.DATASETS.TRAIN) if train else ()
+    test_names = tuple(cfg.DATASETS.TEST)
+    verify_dataset_files(train_names + test_names)
+    check_keypoint_datasets(cfg, train_names, test_names)
+    if cfg.MODEL.KEYPOINT_ON:
+        for name in test_names:
+            check_keypoint_counts(
+                DatasetCatalog.get(name), [name], cfg.MODEL.ROI_KEYPOINT_HEAD.NUM_KEYPOINTS
+            )
+
+
+class PreciseBN(HookBase):
+    """detectron2's ``PreciseBN`` hook (``TEST.PRECISE_BN``) for :class:`Trainer`: at the end
+    of training, and every ``TEST.EVAL_PERIOD`` iterations, it replaces the running statistics
+    of the BatchNorm layers that train by their averages over ``TEST.PRECISE_BN.NUM_ITER``
+    training batches with the current weights (fvcore's ``update_bn_stats``). It runs before
+    the checkpoint and the evaluation of that iteration.
+
+    Unlike detectron2's hook, it keeps a resumed run exact and its processes in agreement:
+
+    * the update at iteration ``i`` draws its batches from the training data in an order
+      seeded by (run seed, ``i``): a run resumed after a kill computes the statistics an
+      uninterrupted one does (detectron2's hook reuses one iterator, which a restart rewinds,
+      and builds a second copy of the training set for it);
+    * the statistics are averaged over the processes (mean, and variance about the common
+      mean), so that every process evaluates, and rank 0 saves, the same statistics.
+    """
+
+    def __init__(self, period, model, train_loader, num_iter):
+        """
+        Args:
+            period (int): iterations between updates; 0: only at the end of training.
+            model (nn.Module): the model in training (DDP-wrapped or not).
+            train_loader (ResumableTrainLoader): the trainer's loader, for its data.
+            num_iter (int): batches per update.
+        """
+        self._model = model
+        self._train_loader = train_loader
+        self._period = period
+        self._num_iter = num_iter
+
+    def after_step(self):
+        next_iter = self.trainer.iter + 1
+        if next_iter == self.trainer.max_iter or (self._period > 0 and next_iter % self._period == 0):
+            self.update_stats()
+
+    def update_stats(self):
+        seed = derive_seed(self.trainer.seed, PRECISE_BN_STREAM, self.trainer.iter)
+        batches = self._train_loader.batches(0, seed=seed, num_workers=0)
+        logger.info(f"Running PreciseBN for {self._num_iter} iterations.")
+        with EventStorage():  # the model's training-mode events would be logged as training's
+            update_bn_stats(self._model, batches, self._num_iter)
+        world_size = comm.get_world_size()
+        if world_size == 1:
+            return
+        for bn in get_bn_modules(self._model):
+            mean, square_mean = bn.running_mean, bn.running_var + bn.running_mean.square()
+            for statistic in (mean, square_mean):
+                torch.distributed.all_reduce(statistic)
+                statistic /= world_size
+            bn.running_mean = mean
+            bn.running_var = square_mean - mean.square()
 
 
 def build_predictor(cfg) -> DefaultPredictor:
@@ -77,6 +154,7 @@ class Trainer(DefaultTrainer):
 
     def __init__(self, cfg):
         validate_edwpose_config(cfg)
+        check_datasets(cfg, train=True)
         super().__init__(_with_run_seed(cfg))
         self.seed = self.cfg.SEED
 
@@ -84,10 +162,8 @@ class Trainer(DefaultTrainer):
     def build_evaluator(cls, cfg, dataset_name, output_folder=None):
         if output_folder is None:
             output_folder = os.path.join(cfg.OUTPUT_DIR, "inference", dataset_name)
-        return COCOEvaluator(
-            dataset_name,
-            output_dir=output_folder,
-            kpt_oks_sigmas=cfg.TEST.KEYPOINT_OKS_SIGMAS,
+        return KeypointCOCOEvaluator(
+            dataset_name, output_dir=output_folder, kpt_oks_sigmas=oks_sigmas(cfg, dataset_name)
         )
 
     @classmethod
@@ -108,7 +184,27 @@ class Trainer(DefaultTrainer):
         self.checkpointer = SafeCheckpointer(
             self.checkpointer.model, self.cfg.OUTPUT_DIR, trainer=weakref.proxy(self)
         )
-        return super().build_hooks()
+        # detectron2's own PreciseBN hook is replaced by this module's (see PreciseBN).
+        cfg = self.cfg
+        self.cfg = cfg.clone()
+        self.cfg.defrost()
+        self.cfg.TEST.PRECISE_BN.ENABLED = False
+        try:
+            hook_list = super().build_hooks()
+        finally:
+            self.cfg = cfg
+        if cfg.TEST.PRECISE_BN.ENABLED and get_bn_modules(self.model):
+            precise_bn = PreciseBN(
+                cfg.TEST.EVAL_PERIOD, self.model, self.data_loader, cfg.TEST.PRECISE_BN.NUM_ITER
+            )
+            # Before the checkpointer, which saves the statistics, and the evaluation.
+            first_user = next(
+                i
+                for i, hook in enumerate(hook_list)
+                if isinstance(hook, (hooks.PeriodicCheckpointer, hooks.EvalHook))
+            )
+            hook_list.insert(first_user, precise_bn)
+        return hook_list
 
     def resume_or_load(self, resume=True):
         super().resume_or_load(resume=resume)

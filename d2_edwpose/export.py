@@ -19,7 +19,8 @@ after the score threshold, NMS and ``TEST.DETECTIONS_PER_IMAGE`` of the config:
 The number of detections N is not fixed by the trace (checked by the tests on images with
 different numbers of people). What a runner needs to know travels with the file: ONNX
 metadata ``d2_edwpose`` and the TorchScript extra file ``d2_edwpose.json``, a JSON object
-with the format, ``input_format``, ``input_size``, ``score_threshold`` and ``num_keypoints``.
+with the format, ``input_format``, ``input_size``, ``score_threshold``, ``num_keypoints`` and,
+when known, ``keypoint_names``.
 """
 import contextlib
 import io
@@ -71,14 +72,22 @@ def _check_exportable(model):
         raise ValueError(f"INPUT.FORMAT={model.input_format!r}: only RGB and BGR can be exported")
 
 
-def _metadata(model, format_name):
-    return {
+def _metadata(model, format_name, keypoint_names):
+    num_keypoints = model.roi_heads.keypoint_head.num_keypoints
+    metadata = {
         "format": format_name,
         "input_format": model.input_format,
         "input_size": list(model.input_size),
         "score_threshold": model.roi_heads.box_predictor.test_score_thresh,
-        "num_keypoints": model.roi_heads.keypoint_head.num_keypoints,
+        "num_keypoints": num_keypoints,
     }
+    if keypoint_names is not None:
+        if len(keypoint_names) != num_keypoints:
+            raise ValueError(
+                f"keypoint_names has {len(keypoint_names)} names, the model {num_keypoints} keypoints"
+            )
+        metadata["keypoint_names"] = list(keypoint_names)
+    return metadata
 
 
 class _SingleImageKeypointHead(nn.Module):
@@ -151,9 +160,10 @@ def _write_atomically(path, write):
     return path
 
 
-def export_onnx(model, output_path):
+def export_onnx(model, output_path, keypoint_names=None):
     """Export ``model`` (a :class:`FixedInputSizeRCNN` with keypoints) to an ONNX file for
-    :class:`~d2_edwpose.deploy.onnx_pose_runner.OnnxPoseRunner`; returns its path."""
+    :class:`~d2_edwpose.deploy.onnx_pose_runner.OnnxPoseRunner`; returns its path.
+    ``keypoint_names`` (of the dataset's metadata) are stored for the runner to report."""
     import onnx  # only needed to export
 
     _check_exportable(model)
@@ -174,22 +184,23 @@ def export_onnx(model, output_path):
             dynamic_axes={name: detections for name in onnx_pose_runner.OUTPUT_NAMES},
         )
     proto = onnx.load_model_from_string(buffer.getvalue())
-    metadata = _metadata(model, onnx_pose_runner.METADATA_FORMAT)
+    metadata = _metadata(model, onnx_pose_runner.METADATA_FORMAT, keypoint_names)
     onnx.helper.set_model_props(proto, {onnx_pose_runner.METADATA_KEY: json.dumps(metadata)})
     onnx.checker.check_model(proto)
     data = proto.SerializeToString()
     return _write_atomically(output_path, lambda f: f.write(data))
 
 
-def export_torchscript(model, output_path):
+def export_torchscript(model, output_path, keypoint_names=None):
     """Trace ``model`` (a :class:`FixedInputSizeRCNN` with keypoints) to a TorchScript file
-    (outputs :data:`TORCHSCRIPT_OUTPUT_NAMES`); returns its path."""
+    (outputs :data:`TORCHSCRIPT_OUTPUT_NAMES`); returns its path. ``keypoint_names`` as for
+    :func:`export_onnx`."""
     _check_exportable(model)
     with _exporting(model, decode_keypoints=True):
         adapter = _tracing_adapter(model, "pred_keypoints")
         # check_trace would re-run the model and compare, which the tests do on real images.
         traced = torch.jit.trace(adapter, adapter.flattened_inputs, check_trace=False)
-    extra_files = {TORCHSCRIPT_METADATA_FILE: json.dumps(_metadata(model, TORCHSCRIPT_FORMAT))}
+    extra_files = {TORCHSCRIPT_METADATA_FILE: json.dumps(_metadata(model, TORCHSCRIPT_FORMAT, keypoint_names))}
     return _write_atomically(
         output_path, lambda f: torch.jit.save(traced, f, _extra_files=extra_files)
     )

@@ -46,6 +46,8 @@ TINY_RUN = [
     "SOLVER.IMS_PER_BATCH", "2", "SOLVER.MAX_ITER", "6", "SOLVER.CHECKPOINT_PERIOD", "3",
     "SOLVER.WARMUP_ITERS", "2", "SOLVER.STEPS", "(4,)", "DATASETS.TEST", "()", "SEED", "7",
 ]  # fmt: skip
+# PreciseBN of 2 batches after iterations 2 and 5 (TEST.EVAL_PERIOD), before their checkpoints.
+PRECISE_BN = ["TEST.PRECISE_BN.ENABLED", "True", "TEST.PRECISE_BN.NUM_ITER", "2", "TEST.EVAL_PERIOD", "3"]
 
 
 def demo_cfg(*opts):
@@ -109,18 +111,20 @@ def one_thread():
 def test_sigkill_then_resume_equals_an_uninterrupted_run(tiny_root, tmp_path):
     """Killed right after the checkpoint of iteration 2, resumed, killed again half-way through
     writing the checkpoint of iteration 5, resumed again: the final checkpoint is bit for bit
-    the one of an uninterrupted run, and so are the batches (images and augmentations)."""
+    the one of an uninterrupted run, and so are the batches (images and augmentations). With
+    PreciseBN before each checkpoint: its statistics are the uninterrupted run's too."""
     env = {"D2_EDWPOSE_SYNTHETIC_ROOT": str(tiny_root)}
     straight, resumed = tmp_path / "straight", tmp_path / "resumed"
     # The uninterrupted run loads data in a worker process, the interrupted one in the main
     # process: the data stream must not depend on it.
     run = run_with_faults(
-        [*TINY_RUN, "OUTPUT_DIR", str(straight), "DATALOADER.NUM_WORKERS", "1"],
+        [*TINY_RUN, *PRECISE_BN, "OUTPUT_DIR", str(straight), "DATALOADER.NUM_WORKERS", "1"],
         {**env, "D2_EDWPOSE_TEST_BATCH_LOG": str(tmp_path / "straight.batches")}, tmp_path,
     )  # fmt: skip
     assert run.returncode == 0, run.stderr[-3000:]
+    assert (run.stdout + run.stderr).count("Running PreciseBN for 2 iterations") == 2
 
-    opts = [*TINY_RUN, "OUTPUT_DIR", str(resumed), "DATALOADER.NUM_WORKERS", "0"]
+    opts = [*TINY_RUN, *PRECISE_BN, "OUTPUT_DIR", str(resumed), "DATALOADER.NUM_WORKERS", "0"]
     logs = [tmp_path / f"resumed{i}.batches" for i in range(3)]
     killed = run_with_faults(
         opts,
@@ -455,17 +459,23 @@ def test_non_finite_loss_stops_naming_the_iteration(
 
 
 # ----------------------------------------------------------------------------- distributed
-def test_two_processes_train_with_ddp_and_end_with_identical_weights(tiny_root, tmp_path):
+@pytest.mark.parametrize(
+    "norm",
+    [["MODEL.MOBILENETV3.NORM", "naiveSyncBN"], ["MODEL.MOBILENETV3.NORM", "BN", *PRECISE_BN[:4]]],
+    ids=["naiveSyncBN", "BN+PreciseBN"],
+)
+def test_two_processes_train_with_ddp_and_end_with_identical_weights(tiny_root, tmp_path, norm):
     """2 CPU processes (gloo), 3 iterations of 2 images each: each rank trains on other images,
     yet all parameters and buffers end equal (gradients are averaged; naiveSyncBN averages the
-    batch statistics), and the ranks' images are the two halves of the 1-process stream."""
+    batch statistics, PreciseBN the final statistics of per-process BN), and the ranks' images
+    are the two halves of the 1-process stream."""
     state = tmp_path / "state"
     state.mkdir()
     run = run_with_faults(
         ["--num-gpus", "2", "--dist-url", "auto",
          "SOLVER.IMS_PER_BATCH", "4", "SOLVER.MAX_ITER", "3", "SOLVER.WARMUP_ITERS", "1",
          "SOLVER.STEPS", "(2,)", "DATASETS.TEST", "()", "SEED", "3", "DATALOADER.NUM_WORKERS", "0",
-         "MODEL.MOBILENETV3.NORM", "naiveSyncBN", "OUTPUT_DIR", str(tmp_path / "out")],
+         *norm, "OUTPUT_DIR", str(tmp_path / "out")],
         {"D2_EDWPOSE_SYNTHETIC_ROOT": str(tiny_root), "D2_EDWPOSE_TEST_RANK_STATE": str(state),
          "D2_EDWPOSE_TEST_BATCH_LOG": str(tmp_path / "batches")},
         tmp_path,

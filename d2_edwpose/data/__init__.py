@@ -1,2 +1,18 @@
-# Importing synthetic registers the synthetic_keypoints_{train,val} datasets.
-from . import catalog, synthetic  # noqa: F401
+"""Datasets: registration of COCO-format keypoint data with any keypoint set, the synthetic
+people (``synthetic_keypoints_{train,val}``, registered on import), and their checks."""
+from . import catalog, synthetic  # noqa: F401  (registration)
+from .coco_keypoints import (
+    COCO_PERSON_KEYPOINTS,
+    CROWDPOSE_KEYPOINTS,
+    KEYPOINT_SETS,
+    register_config_datasets,
+    register_keypoint_dataset,
+)
+
+__all__ = [
+    "COCO_PERSON_KEYPOINTS",
+    "CROWDPOSE_KEYPOINTS",
+    "KEYPOINT_SETS",
+    "register_config_datasets",
+    "register_keypoint_dataset",
+]

@@ -1,11 +1,13 @@
-"""Checks that a registered dataset's files exist before any loader or worker touches them."""
+"""Checks of registered datasets made before a run starts: their files exist, and their
+keypoint sets match the config's model and evaluation."""
 import os
 
 from detectron2.data import MetadataCatalog
 
+from .coco_keypoints import COCO_PERSON_OKS_SIGMAS, validate_keypoint_set
 from .synthetic import GENERATE_COMMAND
 
-__all__ = ["verify_dataset_files"]
+__all__ = ["check_keypoint_datasets", "oks_sigmas", "verify_dataset_files"]
 
 _HOW_TO_GET = {
     "keypoints_coco_": (
@@ -38,4 +40,75 @@ def verify_dataset_files(dataset_names):
             )
             raise FileNotFoundError(
                 f"Dataset '{name}': {key} '{os.path.abspath(path)}' does not exist. {hint}"
+            )
+
+
+def oks_sigmas(cfg, dataset_name):
+    """The OKS sigmas to evaluate ``dataset_name`` with: ``TEST.KEYPOINT_OKS_SIGMAS`` when set,
+    else the dataset's ``keypoint_oks_sigmas`` metadata (:func:`register_keypoint_dataset`),
+    else ``()``, which COCOEvaluator reads as COCO's 17 person sigmas."""
+    if cfg.TEST.KEYPOINT_OKS_SIGMAS:
+        return list(cfg.TEST.KEYPOINT_OKS_SIGMAS)
+    return list(MetadataCatalog.get(dataset_name).get("keypoint_oks_sigmas", ()))
+
+
+def check_keypoint_datasets(cfg, train_names, test_names):
+    """Raise ValueError, naming the config key, the dataset and both values, where the keypoint
+    model of ``cfg`` and the keypoint sets of its datasets disagree: the number of keypoints
+    (``MODEL.ROI_KEYPOINT_HEAD.NUM_KEYPOINTS``), the metadata's names, flip map and skeleton,
+    the OKS sigmas (``TEST.KEYPOINT_OKS_SIGMAS``, or the dataset's). Reads only the metadata;
+    the annotations are checked as the datasets load. Nothing to check without keypoints."""
+    if not cfg.MODEL.KEYPOINT_ON:
+        return
+    num_keypoints = cfg.MODEL.ROI_KEYPOINT_HEAD.NUM_KEYPOINTS
+    for name in dict.fromkeys([*train_names, *test_names]):
+        metadata = MetadataCatalog.get(name)
+        names = metadata.get("keypoint_names")
+        if names is None:
+            raise ValueError(
+                f"Dataset '{name}' has no keypoint_names in its metadata, so its keypoints cannot "
+                "be matched to the model's: register it with "
+                "d2_edwpose.data.register_keypoint_dataset (or set its metadata's keypoint_names "
+                "and keypoint_flip_map)"
+            )
+        if len(names) != num_keypoints:
+            raise ValueError(
+                f"MODEL.ROI_KEYPOINT_HEAD.NUM_KEYPOINTS={num_keypoints} does not match dataset "
+                f"'{name}', which has {len(names)} keypoints ({list(names)}): set "
+                f"MODEL.ROI_KEYPOINT_HEAD.NUM_KEYPOINTS {len(names)}"
+            )
+        flip_map = metadata.get("keypoint_flip_map")
+        if name in train_names and flip_map is None:
+            # detectron2's DatasetMapper reads it to train keypoints, flipping or not.
+            raise ValueError(
+                f"Dataset '{name}' has no keypoint_flip_map in its metadata, which training "
+                "keypoints needs: register it with d2_edwpose.data.register_keypoint_dataset "
+                "(keypoint_flip_map=() when no keypoint has a mirror-image twin)"
+            )
+        validate_keypoint_set(
+            names,
+            flip_map,
+            metadata.get("keypoint_connection_rules"),
+            metadata.get("keypoint_oks_sigmas"),
+            where=f"Dataset '{name}' metadata",
+        )
+        if name not in test_names:
+            continue
+        sigmas = oks_sigmas(cfg, name) or COCO_PERSON_OKS_SIGMAS
+        declared = metadata.get("keypoint_oks_sigmas")
+        if len(sigmas) != num_keypoints:
+            source = (
+                f"TEST.KEYPOINT_OKS_SIGMAS has {len(sigmas)} values"
+                if cfg.TEST.KEYPOINT_OKS_SIGMAS
+                else f"dataset '{name}' declares no OKS sigmas, and COCO's {len(sigmas)} apply"
+            )
+            raise ValueError(
+                f"{source}, but dataset '{name}' has {num_keypoints} keypoints: set "
+                f"TEST.KEYPOINT_OKS_SIGMAS to its {num_keypoints} sigmas"
+                + (", or to [] to use the dataset's" if declared else "")
+            )
+        if cfg.TEST.KEYPOINT_OKS_SIGMAS and declared and list(sigmas) != list(declared):
+            raise ValueError(
+                f"TEST.KEYPOINT_OKS_SIGMAS={list(sigmas)} differs from the OKS sigmas of dataset "
+                f"'{name}' ({list(declared)}): set TEST.KEYPOINT_OKS_SIGMAS [] to use the dataset's"
             )

@@ -10,7 +10,7 @@ import os
 
 from detectron2.structures import BoxMode
 
-__all__ = ["SampleLoadError", "ReportingMapper", "check_annotations"]
+__all__ = ["SampleLoadError", "ReportingMapper", "check_annotations", "check_keypoint_counts"]
 
 logger = logging.getLogger(__name__)
 
@@ -59,11 +59,27 @@ def _examples(found):
     return shown + (f", ... ({len(found) - _EXAMPLES} more)" if len(found) > _EXAMPLES else "")
 
 
+def check_keypoint_counts(dataset_dicts, dataset_names, num_keypoints):
+    """Raise ValueError naming the image and the annotation whose keypoints are not
+    ``num_keypoints`` (x, y, v) triplets: detectron2 would fail on it later (in a flip, or in
+    the evaluation), or train on shifted triplets."""
+    for record in dataset_dicts:
+        for index, annotation in enumerate(record.get("annotations", [])):
+            keypoints = annotation.get("keypoints")
+            if keypoints is not None and len(keypoints) != 3 * num_keypoints:
+                raise ValueError(
+                    f"Dataset {', '.join(dataset_names)}: {_describe(record, index)} has "
+                    f"{len(keypoints)} keypoint values; expected {3 * num_keypoints} "
+                    f"({num_keypoints} keypoints x (x, y, visibility)) as set by "
+                    f"MODEL.ROI_KEYPOINT_HEAD.NUM_KEYPOINTS={num_keypoints}"
+                )
+
+
 def check_annotations(dataset_dicts, dataset_names, num_keypoints=None):
     """Check detectron2 dataset dicts before training on them.
 
     Raises ValueError for an annotation whose keypoints are not ``num_keypoints`` (x, y, v)
-    triplets (detectron2 would fail later, or only when it flips that image). Logs one warning
+    triplets (:func:`check_keypoint_counts`). Logs one warning
     per kind of annotation that detectron2 changes silently:
 
     * a box with zero or negative width or height: detectron2's ``DatasetMapper`` drops the
@@ -81,6 +97,8 @@ def check_annotations(dataset_dicts, dataset_names, num_keypoints=None):
         dataset_names (list[str]): where they come from, for the messages.
         num_keypoints (int or None): keypoints per instance; None skips the keypoint checks.
     """
+    if num_keypoints is not None:
+        check_keypoint_counts(dataset_dicts, dataset_names, num_keypoints)
     names = ", ".join(dataset_names)
     empty_boxes, keypoints_outside, without_people = [], [], 0
     for record in dataset_dicts:
@@ -96,12 +114,6 @@ def check_annotations(dataset_dicts, dataset_names, num_keypoints=None):
             keypoints = annotation.get("keypoints")
             if num_keypoints is None or keypoints is None:
                 continue
-            if len(keypoints) != 3 * num_keypoints:
-                raise ValueError(
-                    f"Dataset {names}: {_describe(record, index)} has {len(keypoints)} keypoint "
-                    f"values; expected {3 * num_keypoints} ({num_keypoints} keypoints x "
-                    "(x, y, visibility)) as set by MODEL.ROI_KEYPOINT_HEAD.NUM_KEYPOINTS"
-                )
             if height is None or width is None:
                 continue
             # detectron2's criterion (transform_keypoint_annotations): inside [0, W] x [0, H].

@@ -50,6 +50,7 @@ ORDER_STREAM = 0  # the shuffles of the dataset
 AUGMENTATION_STREAM = 1  # per-sample augmentation
 MODEL_STREAM = 2  # per-iteration randomness of the model (see Trainer.run_step)
 LOADER_STREAM = 3  # torch DataLoader's base seed
+PRECISE_BN_STREAM = 4  # the batches of the PreciseBN hook (see d2_edwpose.engine)
 
 
 def derive_seed(*entropy):
@@ -192,19 +193,23 @@ class ResumableTrainLoader:
 
     def __iter__(self):
         self._started = True
+        yield from self.batches(self.start_iter, seed=self.seed)
+
+    def batches(self, start_iter, *, seed, num_workers=None):
+        """A new stream of this loader's batches from iteration ``start_iter`` on, with the
+        seed ``seed``; independent of the training stream (the PreciseBN hook draws its
+        batches from one). ``num_workers`` defaults to the loader's."""
         sampler = ResumableTrainingSampler(
-            len(self.dataset), self.batch_size, seed=self.seed, start_iter=self.start_iter
+            len(self.dataset), self.batch_size, seed=seed, start_iter=start_iter
         )
         loader = torch.utils.data.DataLoader(
-            _SeededMapDataset(self.dataset, self.mapper, self.seed),
+            _SeededMapDataset(self.dataset, self.mapper, seed),
             batch_sampler=sampler,
-            num_workers=self.num_workers,
+            num_workers=self.num_workers if num_workers is None else num_workers,
             collate_fn=trivial_batch_collator,
             # DataLoader draws its workers' base seed from this generator, not from the
             # global RNG that the model's sampling uses.
-            generator=torch.Generator().manual_seed(
-                derive_seed(self.seed, LOADER_STREAM, sampler.rank)
-            ),
+            generator=torch.Generator().manual_seed(derive_seed(seed, LOADER_STREAM, sampler.rank)),
         )
         yield from loader
 

@@ -11,7 +11,8 @@ PyTorch nor detectron2, so it can be copied next to the ``.onnx`` file into a se
     poses["boxes"]      # (N, 4) float32, XYXY in the pixel coordinates of the image given
     poses["scores"]     # (N,) float32
     poses["classes"]    # (N,) int64 (0 = person)
-    poses["keypoints"]  # (N, 17, 3) float32: x, y, score of each COCO keypoint
+    poses["keypoints"]  # (N, K, 3) float32: x, y, score of each keypoint
+    runner.keypoint_names  # their names (COCO's 17 person keypoints, or the dataset's)
 
 The exported graph (``python -m d2_edwpose.tools.export_model``) takes one image of the
 model's fixed input size (``INPUT.FIXED_SIZE``, 320x320) and returns boxes, scores and classes
@@ -281,6 +282,13 @@ class OnnxPoseRunner:
         self.input_size = tuple(info["input_size"])
         self.score_threshold = float(info["score_threshold"])
         self.num_keypoints = int(info["num_keypoints"])
+        # Files exported without the dataset's names have no "keypoint_names".
+        self.keypoint_names = info.get("keypoint_names")
+        if self.keypoint_names is not None and len(self.keypoint_names) != self.num_keypoints:
+            raise ExportedModelError(
+                f"{path}: metadata names {len(self.keypoint_names)} keypoints, num_keypoints is "
+                f"{self.num_keypoints}"
+            )
         _check_signature(path, self.session, self.input_size, self.num_keypoints)
 
     def preprocess(self, image):
@@ -360,7 +368,10 @@ def main(argv=None):
             {"box": box.tolist(), "score": float(score), "keypoints": keypoints.tolist()}
             for box, score, keypoints in zip(poses["boxes"], poses["scores"], poses["keypoints"])
         ]
-        results.append({"image": path, "height": image.shape[0], "width": image.shape[1], "people": people})
+        results.append(
+            {"image": path, "height": image.shape[0], "width": image.shape[1],
+             "keypoint_names": runner.keypoint_names, "people": people}
+        )  # fmt: skip
     text = json.dumps(results)
     if args.output:
         with open(args.output, "w") as f:

@@ -24,6 +24,7 @@ from detectron2.utils.video_visualizer import VideoVisualizer
 from detectron2.utils.visualizer import ColorMode, Visualizer
 
 from d2_edwpose import add_edwpose_config
+from d2_edwpose.data import register_config_datasets
 from d2_edwpose.engine import build_predictor
 from d2_edwpose.modeling.optimize import optimize_for_inference
 
@@ -39,16 +40,31 @@ def setup_cfg(config_file, opts, confidence_threshold):
     cfg.merge_from_list(opts)
     cfg.MODEL.ROI_HEADS.SCORE_THRESH_TEST = confidence_threshold
     cfg.freeze()
+    register_config_datasets(cfg)
     return cfg
 
 
 def keypoint_metadata(cfg):
-    """Metadata with COCO's keypoint names and skeleton, for drawing."""
-    if cfg.DATASETS.TEST:
-        metadata = MetadataCatalog.get(cfg.DATASETS.TEST[0])
-        if metadata.get("keypoint_connection_rules"):
-            return metadata
-    return MetadataCatalog.get("__d2_edwpose_demo").set(**_get_builtin_metadata("coco_person"))
+    """The metadata to draw with: that of the config's first dataset with keypoint names (its
+    keypoint set and skeleton, as the model was trained on), else COCO's person keypoints.
+
+    Raises ValueError when that keypoint set does not have ``NUM_KEYPOINTS`` keypoints: the
+    Visualizer would silently draw keypoints under other names."""
+    for name in [*cfg.DATASETS.TEST, *cfg.DATASETS.TRAIN]:
+        metadata = MetadataCatalog.get(name)
+        if metadata.get("keypoint_names"):
+            break
+    else:
+        name = "COCO's person keypoints"
+        metadata = MetadataCatalog.get("__d2_edwpose_demo").set(**_get_builtin_metadata("coco_person"))
+    num_keypoints = cfg.MODEL.ROI_KEYPOINT_HEAD.NUM_KEYPOINTS
+    if len(metadata.keypoint_names) != num_keypoints:
+        raise ValueError(
+            f"MODEL.ROI_KEYPOINT_HEAD.NUM_KEYPOINTS={num_keypoints}, but the keypoint set to draw "
+            f"with ({name}) has {len(metadata.keypoint_names)}: set DATASETS.TEST to a "
+            "registered dataset of the model's keypoint set (d2_edwpose.data.register_keypoint_dataset)"
+        )
+    return metadata
 
 
 def collect_inputs(inputs):

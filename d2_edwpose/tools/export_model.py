@@ -5,9 +5,10 @@
         MODEL.WEIGHTS output/cpu_demo/model_final.pth
 
 writes ``OUTPUT/model.onnx`` (run it with ``d2_edwpose/deploy/onnx_pose_runner.py``) and
-``OUTPUT/model.ts`` (``torch.jit.load``). The export runs on the CPU, with the config's
-score threshold, NMS and ``TEST.DETECTIONS_PER_IMAGE`` built in: override them like any key,
-e.g. ``MODEL.ROI_HEADS.SCORE_THRESH_TEST 0.5``.
+``OUTPUT/model.ts`` (``torch.jit.load``), with the keypoint names of the config's dataset.
+The export runs on the CPU, with the config's score threshold, NMS and
+``TEST.DETECTIONS_PER_IMAGE`` built in: override them like any key, e.g.
+``MODEL.ROI_HEADS.SCORE_THRESH_TEST 0.5``.
 
 ``--verify IMAGES`` (an image or a folder of images; repeatable) runs PyTorch and the exports
 on the images and prints the largest differences; it fails when the ONNX runner finds other
@@ -25,6 +26,7 @@ from detectron2.modeling import build_model
 from detectron2.utils.logger import setup_logger
 
 from d2_edwpose import add_edwpose_config
+from d2_edwpose.data import register_config_datasets
 from d2_edwpose.checkpoint import SafeCheckpointer
 from d2_edwpose.config import validate_edwpose_config
 from d2_edwpose.deploy.onnx_pose_runner import OnnxPoseRunner
@@ -35,7 +37,7 @@ from d2_edwpose.export import (
     export_torchscript,
     load_torchscript,
 )
-from d2_edwpose.tools.demo import IMAGE_SUFFIXES
+from d2_edwpose.tools.demo import IMAGE_SUFFIXES, keypoint_metadata
 
 __all__ = ["main"]
 
@@ -56,6 +58,7 @@ def setup_cfg(config_file, opts):
     # A trace records the device of its tensors; deployment targets are CPUs.
     cfg.MODEL.DEVICE = "cpu"
     cfg.freeze()
+    register_config_datasets(cfg)
     return cfg
 
 
@@ -137,9 +140,12 @@ def main(argv=None):
     SafeCheckpointer(model).resume_or_load(cfg.MODEL.WEIGHTS, resume=False)
 
     exporters = {"onnx": export_onnx, "torchscript": export_torchscript}
+    keypoint_names = keypoint_metadata(cfg).keypoint_names
     written = {}
     for name in args.format or sorted(FILE_NAMES):
-        written[name] = exporters[name](model, Path(args.output) / FILE_NAMES[name])
+        written[name] = exporters[name](
+            model, Path(args.output) / FILE_NAMES[name], keypoint_names=keypoint_names
+        )
         logger.info(f"wrote {written[name]}")
     if images:
         report, failures = verify(model, written, images)

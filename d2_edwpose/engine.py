@@ -13,7 +13,13 @@ from detectron2.utils.events import EventStorage
 
 from .checkpoint import SafeCheckpointer
 from .config import validate_edwpose_config
-from .data.catalog import check_keypoint_datasets, oks_sigmas, verify_dataset_files
+from .data.catalog import (
+    check_keypoint_datasets,
+    check_num_classes,
+    check_registered,
+    oks_sigmas,
+    verify_dataset_files,
+)
 from .data.checks import ReportingMapper, check_keypoint_counts
 from .data.coco_keypoints import register_config_datasets
 from .data.train_loader import (
@@ -48,20 +54,23 @@ def _with_run_seed(cfg):
 
 def check_datasets(cfg, *, train):
     """Register the config's ``DATASETS.COCO_KEYPOINTS`` and check, before anything runs, what
-    would otherwise fail or mislead later: the datasets' files exist, their keypoint sets match the config (:func:`check_keypoint_datasets`), and
-    the test sets load and have ``NUM_KEYPOINTS`` keypoints per annotation, so that an
-    evaluation at the end of a schedule cannot fail on them. ``train``: check
-    ``DATASETS.TRAIN`` too (whose annotations the training loader checks as it loads them)."""
+    would otherwise fail or mislead later: the datasets are registered and their files exist,
+    their keypoint sets match the config (:func:`check_keypoint_datasets`), and the test sets
+    load, with ``NUM_CLASSES`` categories and ``NUM_KEYPOINTS`` keypoints per
+    annotation, so that an evaluation at the end of a schedule cannot fail on them. ``train``:
+    check ``DATASETS.TRAIN`` too (whose annotations the training loader checks as it loads
+    them, before the first iteration)."""
     register_config_datasets(cfg)
     train_names = tuple(cfg.DATASETS.TRAIN) if train else ()
     test_names = tuple(cfg.DATASETS.TEST)
+    check_registered(train_names, test_names)
     verify_dataset_files(train_names + test_names)
     check_keypoint_datasets(cfg, train_names, test_names)
-    if cfg.MODEL.KEYPOINT_ON:
-        for name in test_names:
-            check_keypoint_counts(
-                DatasetCatalog.get(name), [name], cfg.MODEL.ROI_KEYPOINT_HEAD.NUM_KEYPOINTS
-            )
+    for name in test_names:
+        dataset_dicts = DatasetCatalog.get(name)
+        check_num_classes(cfg, [name])
+        if cfg.MODEL.KEYPOINT_ON:
+            check_keypoint_counts(dataset_dicts, [name], cfg.MODEL.ROI_KEYPOINT_HEAD.NUM_KEYPOINTS)
 
 
 class PreciseBN(HookBase):
@@ -78,7 +87,9 @@ class PreciseBN(HookBase):
       uninterrupted one does (detectron2's hook reuses one iterator, which a restart rewinds,
       and builds a second copy of the training set for it);
     * the statistics are averaged over the processes (mean, and variance about the common
-      mean), so that every process evaluates, and rank 0 saves, the same statistics.
+      mean), so that every process evaluates, and rank 0 saves, the same statistics. The
+      processes weigh equally, which is exact because every input has the model's fixed size
+      (``FixedInputSizeRCNN``) and every process the same number of images per batch.
     """
 
     def __init__(self, period, model, train_loader, num_iter):
@@ -101,6 +112,8 @@ class PreciseBN(HookBase):
 
     def update_stats(self):
         seed = derive_seed(self.trainer.seed, PRECISE_BN_STREAM, self.trainer.iter)
+        # In this process, as detectron2's hook does: starting workers for a few hundred
+        # batches costs more memory and time than it saves.
         batches = self._train_loader.batches(0, seed=seed, num_workers=0)
         logger.info(f"Running PreciseBN for {self._num_iter} iterations.")
         with EventStorage():  # the model's training-mode events would be logged as training's
@@ -114,7 +127,7 @@ class PreciseBN(HookBase):
                 torch.distributed.all_reduce(statistic)
                 statistic /= world_size
             bn.running_mean = mean
-            bn.running_var = square_mean - mean.square()
+            bn.running_var = (square_mean - mean.square()).clamp_(min=0)  # rounding
 
 
 def build_predictor(cfg) -> DefaultPredictor:
@@ -184,7 +197,9 @@ class Trainer(DefaultTrainer):
         self.checkpointer = SafeCheckpointer(
             self.checkpointer.model, self.cfg.OUTPUT_DIR, trainer=weakref.proxy(self)
         )
-        # detectron2's own PreciseBN hook is replaced by this module's (see PreciseBN).
+        # detectron2's own PreciseBN hook is replaced by this module's (see PreciseBN). It is
+        # switched off in the config that DefaultTrainer.build_hooks reads, rather than removed
+        # from its list, because building it would load and check the training set again.
         cfg = self.cfg
         self.cfg = cfg.clone()
         self.cfg.defrost()
@@ -194,14 +209,23 @@ class Trainer(DefaultTrainer):
         finally:
             self.cfg = cfg
         if cfg.TEST.PRECISE_BN.ENABLED and get_bn_modules(self.model):
+            if not hasattr(self.data_loader, "batches"):
+                raise TypeError(
+                    "TEST.PRECISE_BN.ENABLED=True needs the training loader of "
+                    "build_resumable_train_loader (a ResumableTrainLoader); "
+                    f"build_train_loader returned a {type(self.data_loader).__name__}"
+                )
             precise_bn = PreciseBN(
                 cfg.TEST.EVAL_PERIOD, self.model, self.data_loader, cfg.TEST.PRECISE_BN.NUM_ITER
             )
             # Before the checkpointer, which saves the statistics, and the evaluation.
             first_user = next(
-                i
-                for i, hook in enumerate(hook_list)
-                if isinstance(hook, (hooks.PeriodicCheckpointer, hooks.EvalHook))
+                (
+                    i
+                    for i, hook in enumerate(hook_list)
+                    if isinstance(hook, (hooks.PeriodicCheckpointer, hooks.EvalHook))
+                ),
+                len(hook_list),
             )
             hook_list.insert(first_user, precise_bn)
         return hook_list

@@ -5,6 +5,7 @@ then the top of the head and the neck), have no ``area`` and no segmentation. He
 the mean of the labelled face points (nose, eyes, ears) and the neck the midpoint of the
 shoulders when both are labelled; everything else is COCO's annotation.
 """
+
 import json
 
 import numpy as np
@@ -18,7 +19,9 @@ _FACE = ("nose", "left_eye", "right_eye", "left_ear", "right_ear")
 
 
 def _crowdpose_keypoints(coco_keypoints):
-    coco = dict(zip(COCO_PERSON_KEYPOINT_NAMES, np.asarray(coco_keypoints, dtype=float).reshape(-1, 3)))
+    coco = dict(
+        zip(COCO_PERSON_KEYPOINT_NAMES, np.asarray(coco_keypoints, dtype=float).reshape(-1, 3))
+    )
     face = np.array([coco[name] for name in _FACE if coco[name][2] > 0])
     head = [*face[:, :2].mean(axis=0), face[:, 2].max()] if len(face) else [0, 0, 0]
     shoulders = [coco["left_shoulder"], coco["right_shoulder"]]
@@ -27,7 +30,10 @@ def _crowdpose_keypoints(coco_keypoints):
     else:
         neck = [0, 0, 0]
     points = [coco[name] for name in CROWDPOSE_NAMES[:12]] + [head, neck]
-    return [round(float(value), 2) if i % 3 != 2 else int(value) for i, value in enumerate(np.ravel(points))]
+    return [
+        round(float(value), 2) if i % 3 != 2 else int(value)
+        for i, value in enumerate(np.ravel(points))
+    ]
 
 
 def write_crowdpose_fixture(coco_root, output_dir):
@@ -62,8 +68,11 @@ def write_crowdpose_fixture(coco_root, output_dir):
         }
     ]
     images = [
-        {key: image[key] for key in ("id", "file_name", "height", "width")} for image in coco["images"]
+        {key: image[key] for key in ("id", "file_name", "height", "width")}
+        for image in coco["images"]
     ]
     path = output_dir / "crowdpose_mini.json"
-    path.write_text(json.dumps({"images": images, "annotations": annotations, "categories": categories}))
+    path.write_text(
+        json.dumps({"images": images, "annotations": annotations, "categories": categories})
+    )
     return path

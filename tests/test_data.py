@@ -102,7 +102,7 @@ def test_trains_a_few_iterations_on_real_coco(coco_mini_dataset, tmp_path):
     cfg = demo_cfg(
         "DATASETS.TRAIN", (name,), "DATASETS.TEST", (), "OUTPUT_DIR", str(tmp_path),
         "SOLVER.IMS_PER_BATCH", 2, "SOLVER.MAX_ITER", 3, "SOLVER.WARMUP_ITERS", 1,
-        "SOLVER.STEPS", (2,), "DATALOADER.NUM_WORKERS", 0,
+        "SOLVER.STEPS", (2,), "DATALOADER.NUM_WORKERS", 0, "TEST.PRECISE_BN.NUM_ITER", 2,
     )  # fmt: skip
     trainer = Trainer(cfg)
     trainer.resume_or_load(resume=False)

@@ -1,6 +1,7 @@
 """``convert_torchvision_mobilenetv3 --download``: torchvision's ImageNet weights through
 torch.hub's cache, checked against the sha256 prefix in their name; offline (torch.hub's
 downloader is replaced), with the cache in a temporary $TORCH_HOME."""
+
 import hashlib
 import os
 import pickle

@@ -45,9 +45,11 @@ SINGLE_THREAD = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 TINY_RUN = [
     "SOLVER.IMS_PER_BATCH", "2", "SOLVER.MAX_ITER", "6", "SOLVER.CHECKPOINT_PERIOD", "3",
     "SOLVER.WARMUP_ITERS", "2", "SOLVER.STEPS", "(4,)", "DATASETS.TEST", "()", "SEED", "7",
+    "TEST.PRECISE_BN.NUM_ITER", "2",
 ]  # fmt: skip
-# PreciseBN of 2 batches after iterations 2 and 5 (TEST.EVAL_PERIOD), before their checkpoints.
-PRECISE_BN = ["TEST.PRECISE_BN.ENABLED", "True", "TEST.PRECISE_BN.NUM_ITER", "2", "TEST.EVAL_PERIOD", "3"]
+# The config's PreciseBN (of TINY_RUN's 2 batches) also after iterations 2 and 5, before their
+# checkpoints.
+PRECISE_BN = ["TEST.EVAL_PERIOD", "3"]
 
 
 def demo_cfg(*opts):
@@ -369,7 +371,7 @@ def test_odd_annotations_are_reported_and_train(odd_dataset, tmp_path, caplog, o
         "DATALOADER.FILTER_EMPTY_ANNOTATIONS", False, "SOLVER.IMS_PER_BATCH", 4,
         "MODEL.ROI_KEYPOINT_HEAD.MIN_KEYPOINTS_PER_IMAGE", 0,
         "SOLVER.MAX_ITER", 2, "SOLVER.WARMUP_ITERS", 1, "SOLVER.STEPS", (1,),
-        "DATALOADER.NUM_WORKERS", 0, "SEED", 1,
+        "DATALOADER.NUM_WORKERS", 0, "SEED", 1, "TEST.PRECISE_BN.NUM_ITER", 2,
     )  # fmt: skip
     # On the package logger itself: setup_logger(name="d2_edwpose") stops propagation.
     package_logger = logging.getLogger("d2_edwpose")
@@ -461,7 +463,10 @@ def test_non_finite_loss_stops_naming_the_iteration(
 # ----------------------------------------------------------------------------- distributed
 @pytest.mark.parametrize(
     "norm",
-    [["MODEL.MOBILENETV3.NORM", "naiveSyncBN"], ["MODEL.MOBILENETV3.NORM", "BN", *PRECISE_BN[:4]]],
+    [
+        ["MODEL.MOBILENETV3.NORM", "naiveSyncBN", "TEST.PRECISE_BN.ENABLED", "False"],
+        ["MODEL.MOBILENETV3.NORM", "BN", "TEST.PRECISE_BN.NUM_ITER", "2"],
+    ],
     ids=["naiveSyncBN", "BN+PreciseBN"],
 )
 def test_two_processes_train_with_ddp_and_end_with_identical_weights(tiny_root, tmp_path, norm):
@@ -481,6 +486,8 @@ def test_two_processes_train_with_ddp_and_end_with_identical_weights(tiny_root, 
         tmp_path,
     )  # fmt: skip
     assert run.returncode == 0, run.stderr[-3000:]
+    ran_precise_bn = "Running PreciseBN for 2 iterations" in run.stdout + run.stderr
+    assert ran_precise_bn == ("BN" in norm)
     ranks = [load_checkpoint(state / f"rank{r}.pth") for r in (0, 1)]
     assert all(r["ddp"] and r["world_size"] == 2 for r in ranks)
     assert_same(ranks[0]["model"], ranks[1]["model"], "rank 0 vs rank 1")

@@ -19,6 +19,7 @@ TINY_RUN = [
     "SOLVER.STEPS", "(3,)",
     "DATALOADER.NUM_WORKERS", "0",
     "TEST.EVAL_PERIOD", "0",
+    "TEST.PRECISE_BN.NUM_ITER", "2",  # the config's PreciseBN, on 2 batches
     # A fixed seed, so that the run is reproducible: after 4 iterations the heatmaps are nearly
     # flat, and with a random seed the optimized model's different rounding moved a keypoint
     # arg-max in some runs (test_optimize.py checks the optimization on calibrated models).

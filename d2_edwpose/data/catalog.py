@@ -1,13 +1,20 @@
 """Checks of registered datasets made before a run starts: their files exist, and their
 keypoint sets match the config's model and evaluation."""
+
 import os
 
-from detectron2.data import MetadataCatalog
+from detectron2.data import DatasetCatalog, MetadataCatalog
 
 from .coco_keypoints import COCO_PERSON_OKS_SIGMAS, validate_keypoint_set
 from .synthetic import GENERATE_COMMAND
 
-__all__ = ["check_keypoint_datasets", "oks_sigmas", "verify_dataset_files"]
+__all__ = [
+    "check_keypoint_datasets",
+    "check_num_classes",
+    "check_registered",
+    "oks_sigmas",
+    "verify_dataset_files",
+]
 
 _HOW_TO_GET = {
     "keypoints_coco_": (
@@ -52,38 +59,64 @@ def oks_sigmas(cfg, dataset_name):
     return list(MetadataCatalog.get(dataset_name).get("keypoint_oks_sigmas", ()))
 
 
+def check_registered(train_names, test_names):
+    """Raise KeyError naming ``DATASETS.TRAIN``/``DATASETS.TEST`` and the registered names for
+    a dataset name that nothing registered (a typo, or a dataset declared nowhere)."""
+    registered = DatasetCatalog.list()
+    for key, names in (("DATASETS.TRAIN", train_names), ("DATASETS.TEST", test_names)):
+        for name in names:
+            if name not in registered:
+                raise KeyError(
+                    f"{key} names the dataset '{name}', which is not registered: declare it under "
+                    "DATASETS.COCO_KEYPOINTS or register it with "
+                    f"d2_edwpose.data.register_keypoint_dataset; registered: {sorted(registered)}"
+                )
+
+
 def check_keypoint_datasets(cfg, train_names, test_names):
     """Raise ValueError, naming the config key, the dataset and both values, where the keypoint
     model of ``cfg`` and the keypoint sets of its datasets disagree: the number of keypoints
-    (``MODEL.ROI_KEYPOINT_HEAD.NUM_KEYPOINTS``), the metadata's names, flip map and skeleton,
-    the OKS sigmas (``TEST.KEYPOINT_OKS_SIGMAS``, or the dataset's). Reads only the metadata;
-    the annotations are checked as the datasets load. Nothing to check without keypoints."""
+    (``MODEL.ROI_KEYPOINT_HEAD.NUM_KEYPOINTS``), the keypoint names of the training and test
+    sets (the same, in the same order), the metadata's flip map and skeleton, and the OKS sigmas
+    (``TEST.KEYPOINT_OKS_SIGMAS``, or the dataset's). Reads only the metadata; the annotations
+    are checked as the datasets load. Nothing to check without keypoints."""
     if not cfg.MODEL.KEYPOINT_ON:
         return
     num_keypoints = cfg.MODEL.ROI_KEYPOINT_HEAD.NUM_KEYPOINTS
+    first = None
     for name in dict.fromkeys([*train_names, *test_names]):
+        key = "DATASETS.TRAIN" if name in train_names else "DATASETS.TEST"
         metadata = MetadataCatalog.get(name)
         names = metadata.get("keypoint_names")
         if names is None:
             raise ValueError(
-                f"Dataset '{name}' has no keypoint_names in its metadata, so its keypoints cannot "
-                "be matched to the model's: register it with "
+                f"Dataset '{name}' ({key}) has no keypoint_names in its metadata, so its keypoints "
+                "cannot be matched to the model's: register it with "
                 "d2_edwpose.data.register_keypoint_dataset (or set its metadata's keypoint_names "
                 "and keypoint_flip_map)"
             )
         if len(names) != num_keypoints:
             raise ValueError(
                 f"MODEL.ROI_KEYPOINT_HEAD.NUM_KEYPOINTS={num_keypoints} does not match dataset "
-                f"'{name}', which has {len(names)} keypoints ({list(names)}): set "
+                f"'{name}' ({key}), which has {len(names)} keypoints ({list(names)}): set "
                 f"MODEL.ROI_KEYPOINT_HEAD.NUM_KEYPOINTS {len(names)}"
+            )
+        if first is None:
+            first = (name, list(names))
+        elif list(names) != first[1]:
+            raise ValueError(
+                f"Dataset '{name}' ({key}) names its keypoints {list(names)}, dataset "
+                f"'{first[0]}' {first[1]}: a model trains and evaluates on one keypoint set, in "
+                "one order"
             )
         flip_map = metadata.get("keypoint_flip_map")
         if name in train_names and flip_map is None:
             # detectron2's DatasetMapper reads it to train keypoints, flipping or not.
             raise ValueError(
-                f"Dataset '{name}' has no keypoint_flip_map in its metadata, which training "
-                "keypoints needs: register it with d2_edwpose.data.register_keypoint_dataset "
-                "(keypoint_flip_map=() when no keypoint has a mirror-image twin)"
+                f"Dataset '{name}' (DATASETS.TRAIN) has no keypoint_flip_map in its metadata, "
+                "which training keypoints needs: register it with "
+                "d2_edwpose.data.register_keypoint_dataset (keypoint_flip_map=() when no "
+                "keypoint has a mirror-image twin)"
             )
         validate_keypoint_set(
             names,
@@ -110,5 +143,20 @@ def check_keypoint_datasets(cfg, train_names, test_names):
         if cfg.TEST.KEYPOINT_OKS_SIGMAS and declared and list(sigmas) != list(declared):
             raise ValueError(
                 f"TEST.KEYPOINT_OKS_SIGMAS={list(sigmas)} differs from the OKS sigmas of dataset "
-                f"'{name}' ({list(declared)}): set TEST.KEYPOINT_OKS_SIGMAS [] to use the dataset's"
+                f"'{name}' ({list(declared)}): set TEST.KEYPOINT_OKS_SIGMAS [] to use the "
+                "dataset's"
+            )
+
+
+def check_num_classes(cfg, dataset_names):
+    """Raise ValueError naming ``MODEL.ROI_HEADS.NUM_CLASSES``, the dataset and its categories
+    when a loaded dataset has another number of categories: detectron2 would train the extra
+    ones as background (its label for background is NUM_CLASSES)."""
+    for name in dataset_names:
+        classes = MetadataCatalog.get(name).get("thing_classes")
+        if classes is not None and len(classes) != cfg.MODEL.ROI_HEADS.NUM_CLASSES:
+            raise ValueError(
+                f"MODEL.ROI_HEADS.NUM_CLASSES={cfg.MODEL.ROI_HEADS.NUM_CLASSES} does not match "
+                f"dataset '{name}', whose file has {len(classes)} categories {list(classes)}: set "
+                f"MODEL.ROI_HEADS.NUM_CLASSES {len(classes)}"
             )

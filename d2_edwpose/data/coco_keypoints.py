@@ -9,6 +9,7 @@ exports (``keypoint_names``) read. Its loader checks the file before detectron2 
 so that a problem stops a run before its first iteration rather than in the evaluation at its
 end, with a message naming the file, the record and the field.
 """
+
 import functools
 import json
 import logging
@@ -51,17 +52,19 @@ COCO_PERSON_KEYPOINTS = dict(
 )
 _CROWDPOSE_NAMES = (
     "left_shoulder", "right_shoulder", "left_elbow", "right_elbow", "left_wrist", "right_wrist",
-    "left_hip", "right_hip", "left_knee", "right_knee", "left_ankle", "right_ankle", "head", "neck",
+    "left_hip", "right_hip", "left_knee", "right_knee", "left_ankle", "right_ankle",
+    "head", "neck",
 )  # fmt: skip
-_COCO_COLOURS = {(a, b): colour for a, b, colour in KEYPOINT_CONNECTION_RULES}
 CROWDPOSE_KEYPOINTS = dict(
     keypoint_names=_CROWDPOSE_NAMES,
     keypoint_flip_map=tuple(
-        (name, "right_" + name[len("left_"):]) for name in _CROWDPOSE_NAMES if name.startswith("left_")
+        (name, "right_" + name[len("left_"):])
+        for name in _CROWDPOSE_NAMES
+        if name.startswith("left_")
     ),
     # COCO's limbs and colours, with the head joined to the neck and the neck to the shoulders.
     keypoint_connection_rules=tuple(
-        (a, b, colour) for (a, b), colour in _COCO_COLOURS.items() if a in _CROWDPOSE_NAMES and b in _CROWDPOSE_NAMES
+        rule for rule in KEYPOINT_CONNECTION_RULES if {rule[0], rule[1]} <= set(_CROWDPOSE_NAMES)
     )
     + (
         ("head", "neck", (102, 0, 204)),
@@ -69,17 +72,33 @@ CROWDPOSE_KEYPOINTS = dict(
         ("neck", "right_shoulder", (0, 215, 255)),
     ),
     # CrowdPose's evaluation (crowdposetools) sigmas.
-    oks_sigmas=(0.079, 0.079, 0.072, 0.072, 0.062, 0.062, 0.107, 0.107, 0.087, 0.087, 0.089, 0.089, 0.079, 0.079),
+    oks_sigmas=(
+        0.079, 0.079, 0.072, 0.072, 0.062, 0.062, 0.107, 0.107, 0.087, 0.087, 0.089, 0.089,
+        0.079, 0.079,
+    ),
 )  # fmt: skip
 
 # The keypoint sets that DATASETS.COCO_KEYPOINTS.<name>.KEYPOINT_SET names.
 KEYPOINT_SETS = {"coco_person": COCO_PERSON_KEYPOINTS, "crowdpose": CROWDPOSE_KEYPOINTS}
-_KEYPOINT_SET_FIELDS = ("keypoint_names", "keypoint_flip_map", "keypoint_connection_rules", "oks_sigmas")
+_KEYPOINT_SET_FIELDS = tuple(COCO_PERSON_KEYPOINTS)
+_CONFIG_DATASET_KEYS = ("JSON_FILE", "IMAGE_ROOT", "KEYPOINT_SET")
 
-# Fields of an image and of an annotation that detectron2's loader or COCOEvaluator cannot do
-# without (pycocotools indexes annotations by id; detectron2 reads every image's size).
+# Fields of an image and of an annotation that detectron2's loader or COCO's evaluation cannot
+# do without (pycocotools indexes annotations by id; detectron2 reads every image's size).
 _IMAGE_FIELDS = ("id", "file_name", "height", "width")
-_ANNOTATION_FIELDS = ("id", "image_id", "category_id", "bbox")
+_ANNOTATION_FIELDS = ("id", "image_id", "category_id", "bbox", "keypoints")
+
+# (dataset name, file, modification time, size) of the files checked in this process: a file
+# is checked, and its missing fields reported, once, however often the dataset is loaded.
+_checked_files = set()
+
+
+def _is_number(value):
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _is_positive_int(value):
+    return isinstance(value, int) and not isinstance(value, bool) and value > 0
 
 
 def validate_keypoint_set(
@@ -89,35 +108,40 @@ def validate_keypoint_set(
     consistent: distinct names; a flip map of pairs of two different known names, each name in
     at most one pair; connection rules ``(name, name, (r, g, b))`` of known names; one positive
     OKS sigma per name. ``None`` skips the flip map, the rules or the sigmas."""
-    names = list(keypoint_names)
-    if not names or not all(isinstance(n, str) and n for n in names) or len(set(names)) != len(names):
-        raise ValueError(f"{where}: keypoint_names={names!r} must be distinct non-empty strings")
+    names = [] if isinstance(keypoint_names, str) else list(keypoint_names)
+    if (
+        not names
+        or not all(isinstance(n, str) and n for n in names)
+        or len(set(names)) != len(names)
+    ):
+        raise ValueError(
+            f"{where}: keypoint_names={keypoint_names!r} must be a list of distinct non-empty "
+            "strings"
+        )
     known = set(names)
     if keypoint_flip_map is not None:
         seen = set()
         for pair in keypoint_flip_map:
             if len(pair) != 2 or pair[0] == pair[1] or not set(pair) <= known or seen & set(pair):
                 raise ValueError(
-                    f"{where}: keypoint_flip_map entry {tuple(pair)!r} is invalid: expected pairs "
-                    "(left, right) of two different names of keypoint_names, each name in at most "
-                    f"one pair; keypoint_names={names!r}"
+                    f"{where}: keypoint_flip_map entry {tuple(pair)!r} is invalid: expected "
+                    "pairs (left, right) of two different names of keypoint_names, each name in "
+                    f"at most one pair; keypoint_names={names!r}"
                 )
             seen.update(pair)
     if keypoint_connection_rules is not None:
         for rule in keypoint_connection_rules:
             if len(rule) != 3 or not {rule[0], rule[1]} <= known or len(rule[2]) != 3:
                 raise ValueError(
-                    f"{where}: keypoint_connection_rules entry {tuple(rule)!r} is invalid: expected "
-                    f"(name, name, (r, g, b)) with names of keypoint_names={names!r}"
+                    f"{where}: keypoint_connection_rules entry {tuple(rule)!r} is invalid: "
+                    f"expected (name, name, (r, g, b)) with names of keypoint_names={names!r}"
                 )
     if oks_sigmas is not None:
         sigmas = list(oks_sigmas)
-        if len(sigmas) != len(names) or not all(
-            isinstance(s, (int, float)) and math.isfinite(s) and s > 0 for s in sigmas
-        ):
+        if len(sigmas) != len(names) or not all(_is_number(s) and s > 0 for s in sigmas):
             raise ValueError(
-                f"{where}: oks_sigmas has {len(sigmas)} values {sigmas!r}; expected one positive "
-                f"number per keypoint ({len(names)}: {names!r})"
+                f"{where}: oks_sigmas has {len(sigmas)} values {sigmas!r}; expected one "
+                f"positive number per keypoint ({len(names)}: {names!r})"
             )
 
 
@@ -151,44 +175,55 @@ def register_keypoint_dataset(
     checks both before training (:func:`d2_edwpose.data.catalog.check_keypoint_datasets`).
     """
     where = f"register_keypoint_dataset({name!r})"
-    keypoint_names = tuple(keypoint_names)
-    if keypoint_names == tuple(COCO_PERSON_KEYPOINT_NAMES):
+    validate_keypoint_set(keypoint_names, None, None, None, where=where)
+    if tuple(keypoint_names) == COCO_PERSON_KEYPOINT_NAMES:
         defaults = COCO_PERSON_KEYPOINTS
-        keypoint_flip_map = defaults["keypoint_flip_map"] if keypoint_flip_map is None else keypoint_flip_map
+        if keypoint_flip_map is None:
+            keypoint_flip_map = defaults["keypoint_flip_map"]
         if keypoint_connection_rules is None:
             keypoint_connection_rules = defaults["keypoint_connection_rules"]
-        oks_sigmas = defaults["oks_sigmas"] if oks_sigmas is None else oks_sigmas
+        if oks_sigmas is None:
+            oks_sigmas = defaults["oks_sigmas"]
     for argument, value, expected in (
-        ("keypoint_flip_map", keypoint_flip_map, "the (left, right) pairs that a horizontal flip swaps, or ()"),
+        ("keypoint_flip_map", keypoint_flip_map, "the (left, right) pairs a flip swaps, or ()"),
         ("oks_sigmas", oks_sigmas, "one OKS sigma per keypoint (COCOEvaluator needs them)"),
     ):
         if value is None:
-            raise ValueError(f"{where}: {argument} is required for keypoints {list(keypoint_names)}: {expected}")
-    keypoint_connection_rules = () if keypoint_connection_rules is None else keypoint_connection_rules
+            raise ValueError(
+                f"{where}: {argument} is required for keypoints {list(keypoint_names)}: {expected}"
+            )
+    if keypoint_connection_rules is None:
+        keypoint_connection_rules = ()
     validate_keypoint_set(
         keypoint_names, keypoint_flip_map, keypoint_connection_rules, oks_sigmas, where=where
     )
     json_file, image_root = os.fspath(json_file), os.fspath(image_root)
-    DatasetCatalog.register(name, functools.partial(load_coco_keypoint_json, json_file, image_root, name))
+    DatasetCatalog.register(
+        name, functools.partial(load_coco_keypoint_json, json_file, image_root, name)
+    )
+    # Tuples, as in detectron2's builtin metadata: detectron2 requires the names and the flip
+    # map of the datasets trained together to compare equal.
     MetadataCatalog.get(name).set(
         json_file=json_file,
         image_root=image_root,
         evaluator_type="coco",
-        keypoint_names=list(keypoint_names),
-        keypoint_flip_map=[tuple(pair) for pair in keypoint_flip_map],
-        keypoint_connection_rules=[(a, b, tuple(colour)) for a, b, colour in keypoint_connection_rules],
+        keypoint_names=tuple(keypoint_names),
+        keypoint_flip_map=tuple(tuple(pair) for pair in keypoint_flip_map),
+        keypoint_connection_rules=[(a, b, tuple(c)) for a, b, c in keypoint_connection_rules],
         keypoint_oks_sigmas=[float(s) for s in oks_sigmas],
-    )  # fmt: skip
+    )
 
 
-def _polygon_or_rle_area(segmentation, height, width):
+def _segmentation_area(segmentation, height, width):
+    """pycocotools' pixel area of a polygon list or an RLE; None for no usable segmentation."""
     from pycocotools import mask as mask_util
 
     if isinstance(segmentation, list):
         polygons = [p for p in segmentation if len(p) >= 6]
         if not polygons:
             return None
-        return float(mask_util.area(mask_util.merge(mask_util.frPyObjects(polygons, height, width))))
+        rles = mask_util.frPyObjects(polygons, height, width)
+        return float(mask_util.area(mask_util.merge(rles)))
     if isinstance(segmentation, dict) and "counts" in segmentation:
         rle = segmentation
         if isinstance(rle["counts"], list):  # uncompressed RLE
@@ -197,12 +232,22 @@ def _polygon_or_rle_area(segmentation, height, width):
     return None
 
 
+def _missing_fields(annotation):
+    return [
+        field
+        for field in ("area", "iscrowd", "num_keypoints")
+        if field not in annotation
+        and not (field == "num_keypoints" and "keypoints" not in annotation)
+    ]
+
+
 def complete_coco_annotations(coco):
     """Fill, in place, the annotation fields that COCO keypoint evaluation needs and that
-    keypoint-only COCO-format files (CrowdPose's, many converted sets) leave out:
+    keypoint-only COCO-format files (CrowdPose's, many converted sets) leave out, by the rules
+    of detectron2's ``convert_to_coco_dict``:
 
     * ``area``: of the segmentation when there is one (pycocotools' mask area, as COCO's own
-      areas), else of the box, as detectron2's ``convert_to_coco_dict`` does;
+      areas), else of the box;
     * ``iscrowd``: 0;
     * ``num_keypoints``: the number of labelled keypoints (v > 0).
 
@@ -212,80 +257,96 @@ def complete_coco_annotations(coco):
     sizes = {image["id"]: (image["height"], image["width"]) for image in coco.get("images", [])}
     filled = {"area": 0, "iscrowd": 0, "num_keypoints": 0}
     for annotation in coco.get("annotations", []):
-        if "area" not in annotation:
-            area = None
-            if "segmentation" in annotation:
-                area = _polygon_or_rle_area(annotation["segmentation"], *sizes[annotation["image_id"]])
-            if area is None:
-                area = float(annotation["bbox"][2] * annotation["bbox"][3])
-            annotation["area"] = area
-            filled["area"] += 1
-        if "iscrowd" not in annotation:
-            annotation["iscrowd"] = 0
-            filled["iscrowd"] += 1
-        if "num_keypoints" not in annotation and "keypoints" in annotation:
-            annotation["num_keypoints"] = sum(v > 0 for v in annotation["keypoints"][2::3])
-            filled["num_keypoints"] += 1
+        for field in _missing_fields(annotation):
+            if field == "area":
+                area = None
+                if "segmentation" in annotation:
+                    size = sizes[annotation["image_id"]]
+                    area = _segmentation_area(annotation["segmentation"], *size)
+                if area is None:
+                    area = float(annotation["bbox"][2] * annotation["bbox"][3])
+                annotation["area"] = area
+            elif field == "iscrowd":
+                annotation["iscrowd"] = 0
+            else:
+                annotation["num_keypoints"] = sum(v > 0 for v in annotation["keypoints"][2::3])
+            filled[field] += 1
     return filled
 
 
-def _is_number(value):
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-
-
-def _check_coco_keypoint_file(coco, json_file, keypoint_names):
-    """Raise ValueError naming ``json_file``, the record and the field for what detectron2's
-    loader or COCO evaluation would fail on later, or would silently misread."""
+def _check_coco_keypoint_file(coco, keypoint_names):
+    """Raise ValueError naming the record and the field for what detectron2's loader or COCO's
+    evaluation would fail on later, or would silently misread."""
     num_keypoints = len(keypoint_names)
-
-    def fail(message):
-        raise ValueError(f"{json_file}: {message}")
-
-    if not isinstance(coco, dict) or not all(isinstance(coco.get(k), list) for k in ("images", "annotations", "categories")):
-        fail("expected a COCO-format object with 'images', 'annotations' and 'categories' lists")
+    if not isinstance(coco, dict) or not all(
+        isinstance(coco.get(k), list) for k in ("images", "categories")
+    ):
+        raise ValueError("expected a COCO-format object with 'images' and 'categories' lists")
     images = {}
     for index, image in enumerate(coco["images"]):
         missing = [field for field in _IMAGE_FIELDS if field not in image]
         if missing:
-            fail(f"images[{index}] has no {missing}; every image needs {list(_IMAGE_FIELDS)}")
+            raise ValueError(
+                f"images[{index}] has no {missing}; every image needs {list(_IMAGE_FIELDS)}"
+            )
         if image["id"] in images:
-            fail(f"images[{index}]: image id {image['id']!r} appears twice")
-        if not all(isinstance(image[k], int) and image[k] > 0 for k in ("height", "width")):
-            fail(f"images[{index}] (id {image['id']}): height and width must be positive integers")
+            raise ValueError(f"images[{index}]: image id {image['id']!r} appears twice")
+        if not (_is_positive_int(image["height"]) and _is_positive_int(image["width"])):
+            raise ValueError(
+                f"images[{index}] (id {image['id']}): height {image['height']!r} and width "
+                f"{image['width']!r} must be positive integers"
+            )
         images[image["id"]] = image
     categories = {}
     for index, category in enumerate(coco["categories"]):
         if "id" not in category or "name" not in category:
-            fail(f"categories[{index}] needs an 'id' and a 'name'")
+            raise ValueError(f"categories[{index}] needs an 'id' and a 'name'")
         names = category.get("keypoints")
         if names is not None and list(names) != list(keypoint_names):
-            fail(
-                f"category {category['name']!r} names the keypoints {list(names)}, but the dataset "
-                f"is registered with keypoint_names={list(keypoint_names)}: register it with the "
-                "file's keypoint set (register_keypoint_dataset's keypoint_names, in this order)"
+            raise ValueError(
+                f"category {category['name']!r} names the keypoints {list(names)}, but the "
+                f"dataset is registered with keypoint_names={list(keypoint_names)}: register it "
+                "with the file's keypoint set, in this order"
             )
         categories[category["id"]] = category
     annotation_ids = set()
-    for index, annotation in enumerate(coco["annotations"]):
-        record = f"annotations[{index}]" + (f" (id {annotation['id']})" if "id" in annotation else "")
+    # A test set without annotations (COCO's test-dev layout) loads; detectron2 then only
+    # writes the predictions.
+    for index, annotation in enumerate(coco.get("annotations", [])):
+        record = f"annotations[{index}]" + (
+            f" (id {annotation['id']})" if "id" in annotation else ""
+        )
         missing = [field for field in _ANNOTATION_FIELDS if field not in annotation]
         if missing:
-            fail(f"{record} has no {missing}; every annotation needs {list(_ANNOTATION_FIELDS)}")
+            raise ValueError(
+                f"{record} has no {missing}; every annotation needs {list(_ANNOTATION_FIELDS)} "
+                f"(a person or crowd without labelled keypoints has {num_keypoints} x [0, 0, 0])"
+            )
+        # COCOeval records a match by the ground truth's id and counts ids > 0 as matched.
+        if not _is_positive_int(annotation["id"]):
+            raise ValueError(
+                f"{record}: annotation ids must be positive integers (COCO's evaluation takes a "
+                "match with id 0 for none)"
+            )
         if annotation["id"] in annotation_ids:
-            fail(f"{record}: annotation id {annotation['id']!r} appears twice")
+            raise ValueError(f"{record}: annotation id {annotation['id']!r} appears twice")
         annotation_ids.add(annotation["id"])
         if annotation["image_id"] not in images:
-            fail(f"{record}: image_id {annotation['image_id']!r} is not the id of an image of the file")
+            raise ValueError(
+                f"{record}: image_id {annotation['image_id']!r} is not the id of an image of "
+                "the file"
+            )
         if annotation["category_id"] not in categories:
-            fail(f"{record}: category_id {annotation['category_id']!r} is not the id of a category of the file")
+            raise ValueError(
+                f"{record}: category_id {annotation['category_id']!r} is not the id of a "
+                "category of the file"
+            )
         bbox = annotation["bbox"]
         if not (isinstance(bbox, list) and len(bbox) == 4 and all(map(_is_number, bbox))):
-            fail(f"{record}: bbox {bbox!r} is not [x, y, width, height]")
-        keypoints = annotation.get("keypoints")
-        if not annotation.get("iscrowd", 0) and keypoints is None:
-            fail(f"{record} has no 'keypoints'; a person without labelled keypoints has {num_keypoints} x [0, 0, 0]")
-        if keypoints is not None and len(keypoints) != 3 * num_keypoints:
-            fail(
+            raise ValueError(f"{record}: bbox {bbox!r} is not [x, y, width, height]")
+        keypoints = annotation["keypoints"]
+        if len(keypoints) != 3 * num_keypoints:
+            raise ValueError(
                 f"{record} has {len(keypoints)} keypoint values; the dataset's {num_keypoints} "
                 f"keypoints ({list(keypoint_names)}) need {3 * num_keypoints} (x, y, visibility)"
             )
@@ -294,29 +355,43 @@ def _check_coco_keypoint_file(coco, json_file, keypoint_names):
 def load_coco_keypoint_json(json_file, image_root, dataset_name):
     """detectron2's ``load_coco_json`` for a dataset of :func:`register_keypoint_dataset`,
     after checking the file against the dataset's keypoint set (an error names the file, the
-    record and the field) and warning once about the fields that evaluation will fill in
-    (:func:`complete_coco_annotations`)."""
+    record and the field) and warning about the fields that evaluation fills in
+    (:func:`complete_coco_annotations`). The check reads the file once per process (a second
+    parse besides pycocotools' in ``load_coco_json``); later loads of an unchanged file skip it.
+    """
     if not os.path.isfile(json_file):
-        raise FileNotFoundError(f"Dataset '{dataset_name}': annotation file {json_file} does not exist")
-    try:
-        with open(json_file) as f:
-            coco = json.load(f)
-    except (OSError, ValueError) as e:
-        raise ValueError(f"Dataset '{dataset_name}': cannot read {json_file} as JSON: {e}") from e
-    keypoint_names = MetadataCatalog.get(dataset_name).keypoint_names
-    try:
-        _check_coco_keypoint_file(coco, json_file, keypoint_names)
-    except ValueError as e:
-        raise ValueError(f"Dataset '{dataset_name}': {e}") from None
-    filled = {field: count for field, count in complete_coco_annotations(coco).items() if count}
-    if filled:
-        logger.warning(
-            f"Dataset '{dataset_name}' ({json_file}): "
-            + ", ".join(f"{count} annotations have no '{field}'" for field, count in filled.items())
-            + "; evaluation fills them in as COCO's tools do (area: of the segmentation, else of "
-            "the box; iscrowd: 0; num_keypoints: the labelled keypoints)."
+        raise FileNotFoundError(
+            f"Dataset '{dataset_name}': annotation file {json_file} does not exist"
         )
-    del coco  # detectron2 reads the file again, with pycocotools
+    stat = os.stat(json_file)
+    checked = (dataset_name, os.path.abspath(json_file), stat.st_mtime_ns, stat.st_size)
+    if checked not in _checked_files:
+        try:
+            with open(json_file) as f:
+                coco = json.load(f)
+        except (OSError, ValueError) as e:
+            raise ValueError(
+                f"Dataset '{dataset_name}': cannot read {json_file} as JSON: {e}"
+            ) from e
+        try:
+            _check_coco_keypoint_file(coco, MetadataCatalog.get(dataset_name).keypoint_names)
+        except ValueError as e:
+            raise ValueError(f"Dataset '{dataset_name}': {json_file}: {e}") from None
+        missing = {}
+        for annotation in coco.get("annotations", []):
+            for field in _missing_fields(annotation):
+                missing[field] = missing.get(field, 0) + 1
+        if missing:
+            logger.warning(
+                f"Dataset '{dataset_name}' ({json_file}): "
+                + ", ".join(
+                    f"{count} annotations have no '{field}'" for field, count in missing.items()
+                )
+                + "; evaluation fills them in as detectron2's convert_to_coco_dict does (area: "
+                "of the segmentation, else of the box; iscrowd: 0; num_keypoints: the labelled "
+                "keypoints)."
+            )
+        _checked_files.add(checked)
     return load_coco_json(json_file, image_root, dataset_name)
 
 
@@ -327,27 +402,27 @@ def _read_keypoint_set(value, key):
         return KEYPOINT_SETS[value]
     if not value.endswith(".json"):
         raise ValueError(
-            f"{key}={value!r} is invalid: expected one of {sorted(KEYPOINT_SETS)} or a .json file "
-            f"with the keys {list(_KEYPOINT_SET_FIELDS)}"
+            f"{key}={value!r} is invalid: expected one of {sorted(KEYPOINT_SETS)} or a .json "
+            f"file with the keys {list(_KEYPOINT_SET_FIELDS)}"
         )
     try:
         with open(value) as f:
             keypoint_set = json.load(f)
     except (OSError, ValueError) as e:
         raise ValueError(f"{key}={value!r}: cannot read it as JSON: {e}") from e
-    unknown = set(keypoint_set) - set(_KEYPOINT_SET_FIELDS) if isinstance(keypoint_set, dict) else None
-    if unknown is None or unknown or "keypoint_names" not in keypoint_set:
+    fields = set(keypoint_set) if isinstance(keypoint_set, dict) else None
+    if fields is None or not fields <= set(_KEYPOINT_SET_FIELDS) or "keypoint_names" not in fields:
         raise ValueError(
             f"{key}={value!r}: expected an object with keypoint_names and any of "
-            f"{list(_KEYPOINT_SET_FIELDS[1:])}" + (f"; unknown keys {sorted(unknown)}" if unknown else "")
+            f"{list(_KEYPOINT_SET_FIELDS[1:])}, got {sorted(fields) if fields else keypoint_set!r}"
         )
     return keypoint_set
 
 
 def register_config_datasets(cfg):
     """Register the datasets that ``cfg.DATASETS.COCO_KEYPOINTS`` declares, each with
-    :func:`register_keypoint_dataset`, so that ``train_net.py`` and the tools run on a user's
-    COCO-format data from the config alone::
+    :func:`register_keypoint_dataset`, so that ``train_net.py``, the demo, the export tool and
+    the benchmark's dataset mode run on a user's COCO-format data from the config alone::
 
         DATASETS:
           COCO_KEYPOINTS:
@@ -357,25 +432,37 @@ def register_config_datasets(cfg):
               KEYPOINT_SET: crowdpose   # coco_person (default), crowdpose, or a .json file
           TRAIN: ("crowdpose_train",)
 
-    A name registered before with the same files and keypoint set is left as it is; with
-    others it is an error (detectron2's catalogs hold one dataset per name)."""
+    Paths are as given (relative ones: to the working directory). A name registered before
+    with the same files and keypoints is left as it is; with others it is an error
+    (detectron2's catalogs hold one dataset per name)."""
     for name, entry in cfg.DATASETS.COCO_KEYPOINTS.items():
         key = f"DATASETS.COCO_KEYPOINTS.{name}"
-        entry = dict(entry)
-        unknown = set(entry) - {"JSON_FILE", "IMAGE_ROOT", "KEYPOINT_SET"}
-        if unknown or not all(isinstance(entry.get(k), str) and entry[k] for k in ("JSON_FILE", "IMAGE_ROOT")):
+        fields = set(entry) if isinstance(entry, dict) else None
+        if (
+            fields is None
+            or not fields <= set(_CONFIG_DATASET_KEYS)
+            or not all(isinstance(entry.get(k), str) and entry[k] for k in _CONFIG_DATASET_KEYS[:2])
+        ):
             raise ValueError(
-                f"{key}={entry!r} is invalid: expected JSON_FILE and IMAGE_ROOT paths and "
-                "optionally KEYPOINT_SET" + (f"; unknown keys {sorted(unknown)}" if unknown else "")
+                f"{key}={entry!r} is invalid: expected {{JSON_FILE: path, IMAGE_ROOT: path}} and "
+                "optionally KEYPOINT_SET"
             )
-        arguments = _read_keypoint_set(entry.get("KEYPOINT_SET", "coco_person"), f"{key}.KEYPOINT_SET")
+        keypoint_set_key = f"{key}.KEYPOINT_SET"
+        keypoint_set = entry.get("KEYPOINT_SET", "coco_person")
+        arguments = _read_keypoint_set(keypoint_set, keypoint_set_key)
         if name in DatasetCatalog.list():
             metadata = MetadataCatalog.get(name)
-            wanted = (entry["JSON_FILE"], entry["IMAGE_ROOT"], list(arguments["keypoint_names"]))
-            if (metadata.get("json_file"), metadata.get("image_root"), metadata.get("keypoint_names")) != wanted:
+            registered = [metadata.get(k) for k in ("json_file", "image_root")]
+            if registered != [entry["JSON_FILE"], entry["IMAGE_ROOT"]] or list(
+                metadata.get("keypoint_names", ())
+            ) != list(arguments["keypoint_names"]):
                 raise ValueError(
-                    f"{key}: dataset '{name}' is already registered with other files or keypoints "
-                    f"(json_file={metadata.get('json_file')!r}); give the config's dataset another name"
+                    f"{key}: dataset '{name}' is already registered with other files or "
+                    f"keypoints (json_file={registered[0]!r}): give the config's dataset another "
+                    "name"
                 )
             continue
-        register_keypoint_dataset(name, entry["JSON_FILE"], entry["IMAGE_ROOT"], **arguments)
+        try:
+            register_keypoint_dataset(name, entry["JSON_FILE"], entry["IMAGE_ROOT"], **arguments)
+        except ValueError as e:
+            raise ValueError(f"{keypoint_set_key}={keypoint_set!r}: {e}") from None

@@ -33,6 +33,7 @@ from detectron2.data.build import trivial_batch_collator
 from detectron2.data.common import DatasetFromList
 from detectron2.utils import comm
 
+from .catalog import check_num_classes
 from .checks import ReportingMapper, check_annotations
 
 __all__ = [
@@ -240,6 +241,7 @@ def build_resumable_train_loader(cfg, mapper=None):
         else 0,
         proposal_files=cfg.DATASETS.PROPOSAL_FILES_TRAIN if cfg.MODEL.LOAD_PROPOSALS else None,
     )
+    check_num_classes(cfg, cfg.DATASETS.TRAIN)
     check_annotations(
         dataset,
         cfg.DATASETS.TRAIN,

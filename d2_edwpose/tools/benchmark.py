@@ -38,6 +38,7 @@ from detectron2.modeling import build_model
 from detectron2.utils.logger import setup_logger
 
 from d2_edwpose.checkpoint import SafeCheckpointer
+from d2_edwpose.data import register_config_datasets
 from d2_edwpose.modeling.optimize import optimize_for_inference
 from d2_edwpose.tools.analyze_model import (
     PAPER_CONFIGS,
@@ -370,6 +371,7 @@ def run_dataset(args):
     cfg = load_config(path, tuple(args.size))
     cfg.merge_from_list(args.opts)
     cfg.MODEL.DEVICE = args.device
+    register_config_datasets(cfg)
     model = build_model(cfg).eval()
     SafeCheckpointer(model).resume_or_load(cfg.MODEL.WEIGHTS, resume=False)
     if args.optimize:

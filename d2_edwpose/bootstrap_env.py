@@ -58,8 +58,11 @@ DETECTRON2_RUNTIME_REQUIREMENTS = [
 ]
 # detectron2 0.6 imports pkg_resources, which setuptools 81 removed.
 # (>= 64: recursive globs in package_data and PEP 660 editable installs.)
-# onnx and onnxruntime: ONNX export and its runner (d2_edwpose/export.py, d2_edwpose/deploy/).
-PROJECT_REQUIREMENTS = ["setuptools>=64,<81", "opencv-python", "pytest", "onnx", "onnxruntime"]
+# onnx, onnxruntime and openvino: ONNX export, INT8 quantization and the two runtimes of the
+# runner (d2_edwpose/export.py, quantization.py, deploy/).
+PROJECT_REQUIREMENTS = [
+    "setuptools>=64,<81", "opencv-python", "pytest", "onnx", "onnxruntime", "openvino",
+]  # fmt: skip
 # pip 26 refuses to even download a PyPI sdist whose metadata has a direct-URL dependency, and
 # pb1-detectron2 declares one in an extra (panopticapi); an older pip only fetches the file.
 SDIST_DOWNLOAD_PIP = "pip>=23,<26"

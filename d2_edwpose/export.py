@@ -31,6 +31,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torchvision
 from torch import nn
 
 from detectron2.export import TracingAdapter
@@ -49,6 +50,7 @@ __all__ = [
     "export_torchscript",
     "load_torchscript",
     "compare_with_pytorch",
+    "pytorch_poses",
     "compare_torchscript_with_pytorch",
 ]
 
@@ -115,13 +117,28 @@ class _SingleImageKeypointHead(nn.Module):
         return instances
 
 
+def _batched_nms_without_branches(boxes, scores, idxs, iou_threshold):
+    """torchvision's ``batched_nms`` as it runs when traced (NMS on boxes offset by class),
+    without its early return for no boxes. The exporter turns that return into an ONNX ``If``
+    whose empty branch OpenVINO (2026.4) runs as one index: on an image without people it
+    reported one with a made-up box. Here the offset comes from the boxes and a zero, so that
+    no boxes take the same path and NMS returns no index."""
+    max_coordinate = torch.cat([boxes.reshape(-1), boxes.new_zeros(1)]).max()
+    offsets = idxs.to(boxes) * (max_coordinate + 1)
+    return torchvision.ops.nms(boxes + offsets[:, None], scores, iou_threshold)
+
+
 @contextlib.contextmanager
 def _exporting(model, decode_keypoints):
-    """``model`` in eval mode with a :class:`_SingleImageKeypointHead`; restored afterwards."""
+    """``model`` in eval mode with a :class:`_SingleImageKeypointHead`, and detectron2's NMS
+    calls branch-free (:func:`_batched_nms_without_branches`); restored afterwards."""
     was_training = model.training
     head = model.roi_heads.keypoint_head
     model.eval()
     model.roi_heads.keypoint_head = _SingleImageKeypointHead(head, decode_keypoints)
+    # detectron2.layers.batched_nms calls torchvision.ops.boxes.batched_nms.
+    batched_nms = torchvision.ops.boxes.batched_nms
+    torchvision.ops.boxes.batched_nms = _batched_nms_without_branches
     try:
         with warnings.catch_warnings():
             # The tracer warns about every Python bool/int it records as a constant; in
@@ -130,6 +147,7 @@ def _exporting(model, decode_keypoints):
             warnings.simplefilter("ignore", torch.jit.TracerWarning)
             yield model
     finally:
+        torchvision.ops.boxes.batched_nms = batched_nms
         model.roi_heads.keypoint_head = head
         model.train(was_training)
 
@@ -240,6 +258,20 @@ def _largest_difference(a, b):
 
 
 @torch.no_grad()
+def pytorch_poses(model, image):
+    """``model``'s poses in a BGR (H, W, 3) image, as numpy arrays in the runner's format:
+    ``boxes``, ``scores``, ``classes``, ``keypoints``."""
+    (output,) = model([{"image": _model_input(image, model.input_format).to(model.device)}])
+    instances = output["instances"].to("cpu")
+    return {
+        "boxes": instances.pred_boxes.tensor.numpy(),
+        "scores": instances.scores.numpy(),
+        "classes": instances.pred_classes.numpy(),
+        "keypoints": instances.pred_keypoints.numpy(),
+    }
+
+
+@torch.no_grad()
 def compare_with_pytorch(model, runner, images, score_threshold=None):
     """Run ``model`` (PyTorch, with its own pre- and post-processing) and ``runner`` (an
     :class:`OnnxPoseRunner` of its export) on BGR images; return the largest differences.
@@ -253,20 +285,20 @@ def compare_with_pytorch(model, runner, images, score_threshold=None):
     stats = dict(images=0, detections=0, count_mismatches=0)
     stats.update(dict.fromkeys(("box_px", "keypoint_px", "score", "keypoint_score"), 0.0))
     for image in images:
-        (output,) = model([{"image": _model_input(image, model.input_format).to(model.device)}])
-        instances = output["instances"].to("cpu")
-        instances = instances[instances.scores > threshold]
+        expected = pytorch_poses(model, image)
+        kept = expected["scores"] > threshold
+        expected = {key: value[kept] for key, value in expected.items()}
         poses = runner(image, threshold)
         stats["images"] += 1
-        stats["detections"] += len(instances)
-        if len(instances) != len(poses["scores"]):
+        stats["detections"] += int(kept.sum())
+        if int(kept.sum()) != len(poses["scores"]):
             stats["count_mismatches"] += 1
             continue
-        keypoints = instances.pred_keypoints.numpy()
+        keypoints = expected["keypoints"]
         differences = {
-            "box_px": (instances.pred_boxes.tensor.numpy(), poses["boxes"]),
+            "box_px": (expected["boxes"], poses["boxes"]),
             "keypoint_px": (keypoints[..., :2], poses["keypoints"][..., :2]),
-            "score": (instances.scores.numpy(), poses["scores"]),
+            "score": (expected["scores"], poses["scores"]),
             "keypoint_score": (keypoints[..., 2], poses["keypoints"][..., 2]),
         }
         for key, (expected, found) in differences.items():

@@ -17,6 +17,7 @@ from d2_edwpose.tools.analyze_model import (
 )
 from d2_edwpose.tools.benchmark import (
     build_benchmark_model,
+    describe_cpu,
     _label,
     fix_num_detections,
     format_profile,
@@ -24,6 +25,7 @@ from d2_edwpose.tools.benchmark import (
     main,
     measure_latency,
     profile_components,
+    time_interleaved,
 )
 
 MODELS = [*PAPER_CONFIGS, REALTIME_CONFIG, model_zoo.get_config_file(STOCK_R50)]
@@ -64,9 +66,14 @@ def test_table_states_n_and_ratios():
         {"model": "x_dw", "optimized": True, "people": 20, "median_ms": 40.0, "p10_ms": 39.0, "p90_ms": 41.0, "params_m": 22.0, "gflops": 33.0},
         {"model": "detectron2 r50", "optimized": True, "people": 20, "median_ms": 320.0, "p10_ms": 310.0, "p90_ms": 330.0, "params_m": 59.0, "gflops": 102.0},
         {"model": "x_dw", "runtime": "onnxruntime", "people": 20, "median_ms": 64.0, "p10_ms": 63.0, "p90_ms": 65.0, "params_m": 22.0, "gflops": 33.0},
+        {"model": "x_vanilla", "runtime": "openvino", "precision": "int8", "people": 20, "median_ms": 100.0, "p10_ms": 99.0, "p90_ms": 101.0, "params_m": 38.0, "gflops": 90.0},
+        {"model": "x_dw", "runtime": "openvino", "precision": "int8", "people": 20, "median_ms": 25.0, "p10_ms": 24.0, "p90_ms": 26.0, "params_m": 22.0, "gflops": 33.0},
     ]  # fmt: skip
     table = format_table(rows, 20, "cpu", (320, 320))
     assert "| x_dw (onnxruntime) | 64 ms (63–65) | 15.6 | – | 6.25× |" in table
+    # A runtime and precision compares with the vanilla row of the same runtime and precision.
+    assert "| x_dw (openvino int8) | 25 ms (24–26) | 40.0 | 4.00× | 16.00× |" in table
+    assert "models timed in interleaved rounds" in table and describe_cpu() in table
     assert "N = 20 people per image" in table
     assert "| x_dw | 80 ms (78–90) | 12.5 | 2.50× | 5.00× | 22.0 M | 33.0 |" in table
     assert "50 ms" not in table
@@ -87,12 +94,39 @@ def test_profile_times_every_part_and_removes_its_hooks():
     assert "| keypoint_rcnn_mv3_fpn_320_realtime | " in format_profile([("keypoint_rcnn_mv3_fpn_320_realtime", profile)], 3)
 
 
-def test_onnxruntime_rows_come_from_the_exported_model():
-    rows = main([str(REALTIME_CONFIG), "--onnxruntime", "--num-people", "3", "--warmup", "0", "--repeats", "2"])
+def test_deploy_rows_come_from_the_exported_and_quantized_model():
+    rows = main(
+        [str(REALTIME_CONFIG), "--deploy", "onnxruntime:fp32", "openvino:int8",
+         "--num-people", "3", "--warmup", "0", "--repeats", "2"]
+    )  # fmt: skip
     assert [(_label(r), r["people"]) for r in rows] == [
         ("keypoint_rcnn_mv3_fpn_320_realtime", 3),
         ("keypoint_rcnn_mv3_fpn_320_realtime (onnxruntime)", 3),
+        ("keypoint_rcnn_mv3_fpn_320_realtime (openvino int8)", 3),
     ]
+    with pytest.raises(SystemExit):
+        main([str(REALTIME_CONFIG), "--deploy", "onnxruntime:bf16"])
+
+
+def test_interleaved_rounds_call_every_model_in_turn():
+    order = []
+    calls = {name: (lambda name=name: order.append(name) or 2, 2) for name in "abc"}
+    times = time_interleaved(calls, warmup=1, repeats=2)
+    assert order == list("abc") * 3 and all(len(t) == 2 for t in times.values())
+    with pytest.raises(RuntimeError, match="expected 3 detections, b returned 2"):
+        time_interleaved({"b": (lambda: 2, 3)}, warmup=0, repeats=1)
+
+
+def test_cpu_description_names_model_cores_and_instruction_sets(tmp_path):
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text(
+        "processor\t: 0\nmodel name\t: Some Xeon(R) CPU\nflags\t\t: fpu avx2 avx512f avx512_vnni amx_tile\n"
+        "processor\t: 1\nmodel name\t: Some Xeon(R) CPU\nflags\t\t: fpu avx2 avx512f avx512_vnni amx_tile\n"
+    )
+    description = describe_cpu(str(cpuinfo))
+    assert description.startswith(f"Some Xeon(R) CPU, {torch.get_num_threads()} of ")
+    assert description.endswith("AVX2, AVX-512, AVX-512 VNNI, AMX")
+    assert describe_cpu(str(tmp_path / "none")).startswith("unknown CPU")
 
 
 class _Records(logging.Handler):

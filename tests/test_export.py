@@ -1,4 +1,5 @@
-"""ONNX and TorchScript exports, and the onnxruntime runner, against the PyTorch model."""
+"""ONNX and TorchScript exports, and the runner on onnxruntime and OpenVINO, against the PyTorch
+model."""
 import copy
 import json
 import subprocess
@@ -37,7 +38,8 @@ from d2_edwpose.tools.analyze_model import load_config
 from d2_edwpose.tools.benchmark import (
     build_benchmark_model,
     fix_num_detections,
-    measure_onnxruntime_latency,
+    runner_call,
+    time_interleaved,
 )
 
 from conftest import REPO_ROOT
@@ -108,9 +110,16 @@ def exported(model, tmp_path_factory):
     }
 
 
-@pytest.fixture(scope="module")
-def runner(exported):
-    return OnnxPoseRunner(exported["onnx"], num_threads=1)
+# Each runtime of the runner that is installed (the set-up installs both).
+RUNTIMES = onnx_pose_runner.available_runtimes()
+# What OnnxPoseRunner's errors call each runtime.
+RUNTIME_NAMES = {"onnxruntime": "onnxruntime", "openvino": "OpenVINO"}
+
+
+@pytest.fixture(scope="module", params=RUNTIMES)
+def runner(exported, request):
+    """The float32 runner on each runtime: both are held to the same parity with PyTorch."""
+    return OnnxPoseRunner(exported["onnx"], num_threads=1, runtime=request.param)
 
 
 def test_onnx_runner_finds_the_same_people_as_pytorch(model, runner, images):
@@ -200,11 +209,13 @@ def test_runner_resize_is_the_models(size):
     assert np.abs(found.transpose(2, 0, 1) - expected.numpy()).max() < 1e-4
 
 
-def test_corrupt_foreign_and_mismatched_files_are_named(exported, tmp_path):
+@pytest.mark.parametrize("runtime", RUNTIMES)
+def test_corrupt_foreign_and_mismatched_files_are_named(exported, tmp_path, runtime, monkeypatch):
+    monkeypatch.setattr(onnx_pose_runner, "RUNTIMES", (runtime,))  # the default runtime
     data = Path(exported["onnx"]).read_bytes()
     truncated = tmp_path / "truncated.onnx"
     truncated.write_bytes(data[: len(data) // 2])
-    with pytest.raises(ExportedModelError, match=r"truncated.onnx: onnxruntime cannot load"):
+    with pytest.raises(ExportedModelError, match=rf"truncated.onnx: {RUNTIME_NAMES[runtime]} cannot load"):
         OnnxPoseRunner(truncated)
     with pytest.raises(FileNotFoundError, match="missing.onnx"):
         OnnxPoseRunner(tmp_path / "missing.onnx")
@@ -275,15 +286,19 @@ def test_export_command_names_what_misses_the_tolerances():
     ]
 
 
-def test_onnxruntime_latency_of_the_benchmark_model(tmp_path):
+def test_runner_latency_of_the_benchmark_model(tmp_path):
     config = REPO_ROOT / "configs" / "keypoint_rcnn_mv3_fpn_320_realtime.yaml"
     model = build_benchmark_model(fix_num_detections(load_config(config), 3))
     path = export_onnx(model, tmp_path / "realtime.onnx")
     image = torch.randint(0, 256, (3, 320, 320), dtype=torch.uint8)
-    times = measure_onnxruntime_latency(path, image, 3, warmup=1, repeats=2, num_threads=1)
-    assert len(times) == 2 and all(t > 0 for t in times)
-    with pytest.raises(RuntimeError, match="expected 4 detections, the ONNX model returned 3"):
-        measure_onnxruntime_latency(path, image, 4, warmup=0, repeats=1, num_threads=1)
+    calls = {
+        runtime: (runner_call(OnnxPoseRunner(path, num_threads=1, runtime=runtime), image, 3), 3)
+        for runtime in RUNTIMES
+    }
+    times = time_interleaved(calls, warmup=1, repeats=2)
+    assert all(len(t) == 2 and all(s > 0 for s in t) for t in times.values())
+    with pytest.raises(RuntimeError, match="expected 4 detections, onnxruntime returned 3"):
+        time_interleaved({"onnxruntime": (calls["onnxruntime"][0], 4)}, warmup=0, repeats=1)
 
 
 def test_demo_trained_model_matches_pytorch(images, tmp_path):

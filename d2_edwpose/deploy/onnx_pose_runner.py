@@ -1,12 +1,13 @@
-"""Run a d2_edwpose Keypoint R-CNN exported to ONNX with onnxruntime on the CPU.
+"""Run a d2_edwpose Keypoint R-CNN exported to ONNX with OpenVINO or onnxruntime on the CPU.
 
-This file is self-contained: it needs numpy, opencv-python and onnxruntime, and neither
-PyTorch nor detectron2, so it can be copied next to the ``.onnx`` file into a service::
+This file is self-contained: it needs numpy, opencv-python and OpenVINO or onnxruntime, and
+neither PyTorch nor detectron2, so it can be copied next to the ``.onnx`` file into a service::
 
-    python onnx_pose_runner.py model.onnx photo.jpg [--score-threshold 0.5] [--output poses.json]
+    python onnx_pose_runner.py model.onnx photo.jpg [--runtime openvino|onnxruntime]
+        [--precision fp32|bf16] [--score-threshold 0.5] [--output poses.json]
 
     from onnx_pose_runner import OnnxPoseRunner
-    runner = OnnxPoseRunner("model.onnx")
+    runner = OnnxPoseRunner("model.onnx")  # or "model_int8.onnx"; runtime=, precision="bf16"
     poses = runner(cv2.imread("photo.jpg"))  # a BGR image, as OpenCV reads it
     poses["boxes"]      # (N, 4) float32, XYXY in the pixel coordinates of the image given
     poses["scores"]     # (N,) float32
@@ -31,12 +32,17 @@ coordinates of that fixed-size image. It normalises the pixels itself (``MODEL.P
   the image given, boxes clipped to it, empty boxes dropped.
 
 What the runner needs to know (fixed size, channel order, the score threshold applied in the
-graph) is stored in the ONNX file's metadata under the key ``d2_edwpose``.
+graph, the keypoint names, the precision of an INT8 file) is stored in the ONNX file's metadata
+under the key ``d2_edwpose``. Both runtimes run the same file with the same pre- and
+post-processing; OpenVINO also runs its float operations in bfloat16 (``precision="bf16"``) and
+INT8 files fast.
 """
 import argparse
+import importlib.util
 import json
 import os
 import sys
+import warnings
 
 import cv2
 import numpy as np
@@ -50,6 +56,10 @@ __all__ = [
     "METADATA_FORMAT",
     "INPUT_NAME",
     "OUTPUT_NAMES",
+    "PRECISIONS",
+    "RUNTIMES",
+    "available_runtimes",
+    "cpu_supports_bf16",
 ]
 
 # The contract between the exporter (d2_edwpose/export.py) and this runner.
@@ -58,6 +68,12 @@ METADATA_FORMAT = "d2_edwpose.keypoint_rcnn/1"
 INPUT_NAME = "image"
 OUTPUT_NAMES = ("boxes", "scores", "classes", "keypoint_heatmaps")
 _METADATA_FIELDS = ("format", "input_format", "input_size", "score_threshold", "num_keypoints")
+# The runtimes, in the order of preference when both are installed: OpenVINO runs bfloat16
+# and INT8 graphs, onnxruntime neither fast (docs/deploy.md has the measurements).
+RUNTIMES = ("openvino", "onnxruntime")
+# Of the float operations; of a file's weights (the metadata's "precision").
+PRECISIONS = ("fp32", "bf16")
+FILE_PRECISIONS = ("fp32", "int8")
 _INPUT_FORMATS = ("RGB", "BGR")
 
 # PyTorch's (and OpenCV's) bicubic convolution coefficient.
@@ -202,8 +218,8 @@ def heatmaps_to_keypoints(maps, boxes):
 
 
 # ----------------------------------------------------------------------------- the runner
-def _read_metadata(path, session):
-    metadata = session.get_modelmeta().custom_metadata_map
+def _parse_metadata(path, metadata):
+    """The exporter's metadata from a file's ONNX metadata (a dict of strings)."""
     if METADATA_KEY not in metadata:
         raise ExportedModelError(
             f"{path}: not a d2_edwpose pose model: its ONNX metadata has no '{METADATA_KEY}' "
@@ -224,20 +240,25 @@ def _read_metadata(path, session):
         )
     if info["input_format"] not in _INPUT_FORMATS:
         raise ExportedModelError(
-            f"{path}: metadata input_format={info['input_format']!r}, expected one of {_INPUT_FORMATS}"
+            f"{path}: metadata input_format={info['input_format']!r}, expected one of "
+            f"{_INPUT_FORMATS}"
+        )
+    if info.get("precision", "fp32") not in FILE_PRECISIONS:
+        raise ExportedModelError(
+            f"{path}: metadata precision={info['precision']!r}, expected one of {FILE_PRECISIONS}"
         )
     return info
 
 
-def _check_signature(path, session, input_size, num_keypoints):
+def _check_signature(path, inputs, outputs, input_size, num_keypoints):
+    """``inputs``: [(name, shape, element type)]; ``outputs``: {name: shape}; shapes as lists
+    with None or a name for a dynamic dimension."""
     expected = [3, *input_size]
-    inputs = [(i.name, i.shape, i.type) for i in session.get_inputs()]
-    if inputs != [(INPUT_NAME, expected, "tensor(float)")]:
+    if inputs != [(INPUT_NAME, expected, "float32")]:
         raise ExportedModelError(
             f"{path}: the graph's inputs are {inputs}; expected one float input "
             f"'{INPUT_NAME}' of shape {expected} (the metadata's input_size)"
         )
-    outputs = {o.name: o.shape for o in session.get_outputs()}
     if sorted(outputs) != sorted(OUTPUT_NAMES) or outputs["keypoint_heatmaps"][1] != num_keypoints:
         raise ExportedModelError(
             f"{path}: the graph's outputs are {outputs}; expected {list(OUTPUT_NAMES)} with "
@@ -245,24 +266,29 @@ def _check_signature(path, session, input_size, num_keypoints):
         )
 
 
-class OnnxPoseRunner:
-    """An exported pose model on onnxruntime's CPU provider, with the model's pre- and
-    post-processing; call it on a BGR image (H, W, 3) uint8."""
+def available_runtimes():
+    """The installed runtimes, fastest first (see ``RUNTIMES``)."""
+    return [name for name in RUNTIMES if importlib.util.find_spec(name) is not None]
 
-    def __init__(self, onnx_path, num_threads=None):
-        """
-        Args:
-            onnx_path: a file written by ``python -m d2_edwpose.tools.export_model``.
-            num_threads: onnxruntime's intra-op threads; None for its default (one per
-                physical core).
-        """
-        # Here rather than at the top: the exporter imports this module's constants, and
-        # exporting (e.g. to TorchScript) needs no onnxruntime.
+
+def cpu_supports_bf16():
+    """Whether OpenVINO computes in bfloat16 natively on this CPU (AVX-512 BF16 or AMX)."""
+    import openvino
+
+    return "BF16" in openvino.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
+
+
+class _OnnxruntimeGraph:
+    """The graph on onnxruntime's CPU provider."""
+
+    def __init__(self, path, num_threads, precision):
         import onnxruntime
 
-        path = os.fspath(onnx_path)
-        if not os.path.isfile(path):
-            raise FileNotFoundError(f"{path}: no such ONNX file")
+        if precision != "fp32":
+            raise ValueError(
+                f"precision={precision!r} runs on OpenVINO only (onnxruntime's CPU provider has "
+                "no bfloat16 kernels): use runtime='openvino'"
+            )
         options = onnxruntime.SessionOptions()
         if num_threads is not None:
             options.intra_op_num_threads = num_threads
@@ -276,8 +302,107 @@ class OnnxPoseRunner:
                 f"{path}: onnxruntime cannot load this file as an ONNX model (corrupt or "
                 f"truncated?): {e}"
             ) from e
-        info = _read_metadata(path, self.session)
+        self.metadata = self.session.get_modelmeta().custom_metadata_map
+        types = {"tensor(float)": "float32"}
+        self.inputs = [(i.name, i.shape, types.get(i.type, i.type)) for i in self.session.get_inputs()]
+        self.outputs = {o.name: o.shape for o in self.session.get_outputs()}
+        self.precision = precision
+
+    def __call__(self, graph_input):
+        outputs = self.session.run(OUTPUT_NAMES, {INPUT_NAME: graph_input})
+        return dict(zip(OUTPUT_NAMES, outputs))
+
+
+class _OpenVINOGraph:
+    """The graph compiled by OpenVINO for the CPU, its float operations at ``precision``."""
+
+    def __init__(self, path, num_threads, precision):
+        import openvino
+
+        core = openvino.Core()
+        try:
+            model = core.read_model(path)
+        except RuntimeError as e:
+            raise ExportedModelError(
+                f"{path}: OpenVINO cannot load this file as an ONNX model (corrupt or "
+                f"truncated?): {e}"
+            ) from e
+        # OpenVINO keeps an ONNX file's metadata in its runtime info, under "framework".
+        self.metadata = {
+            key: model.get_rt_info(["framework", key]).astype(str)
+            for key in [METADATA_KEY]
+            if model.has_rt_info(["framework", key])
+        }
+        if precision == "bf16" and not cpu_supports_bf16():
+            warnings.warn(
+                "bf16 requested, but this CPU computes no bfloat16 natively (it needs AVX-512 "
+                "BF16 or AMX): running in float32",
+                RuntimeWarning,
+                stacklevel=3,
+            )
+            precision = "fp32"
+        # Explicit, as OpenVINO's default on a CPU with bfloat16 is bfloat16.
+        config = {"INFERENCE_PRECISION_HINT": {"fp32": "f32", "bf16": "bf16"}[precision]}
+        if num_threads is not None:
+            config["INFERENCE_NUM_THREADS"] = num_threads
+        compiled = core.compile_model(model, "CPU", config)
+        self.request = compiled.create_infer_request()
+        self.precision = precision
+
+        def shape(port):
+            return [d.get_length() if d.is_static else None for d in port.get_partial_shape()]
+
+        def name(port):  # a port has several names in a compiled model: the graph's among them
+            names = port.get_names()
+            return next((n for n in (INPUT_NAME, *OUTPUT_NAMES) if n in names), port.get_any_name())
+
+        self.inputs = [
+            (name(port), shape(port), port.get_element_type().to_dtype().name)
+            for port in model.inputs
+        ]
+        self.outputs = {name(port): shape(port) for port in model.outputs}
+        self._output_ports = {name(port): port for port in compiled.outputs}
+
+    def __call__(self, graph_input):
+        results = self.request.infer({INPUT_NAME: graph_input})
+        return {name: results[self._output_ports[name]] for name in OUTPUT_NAMES}
+
+
+_GRAPHS = {"openvino": _OpenVINOGraph, "onnxruntime": _OnnxruntimeGraph}
+
+
+class OnnxPoseRunner:
+    """An exported pose model on onnxruntime or OpenVINO (CPU), with the model's pre- and
+    post-processing; call it on a BGR image (H, W, 3) uint8."""
+
+    def __init__(self, onnx_path, num_threads=None, runtime=None, precision="fp32"):
+        """
+        Args:
+            onnx_path: a file written by ``python -m d2_edwpose.tools.export_model`` (float32,
+                or INT8 with ``--quantize int8``).
+            num_threads: the runtime's intra-op threads; None for its default (one per
+                physical core).
+            runtime: "openvino" or "onnxruntime"; None: the first installed of ``RUNTIMES``.
+            precision: of the float operations: "fp32", or "bf16" (OpenVINO only; on a CPU
+                without native bfloat16, float32 with a warning).
+        """
+        path = os.fspath(onnx_path)
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"{path}: no such ONNX file")
+        installed = available_runtimes()
+        runtime = runtime or (installed[0] if installed else RUNTIMES[-1])
+        if runtime not in RUNTIMES:
+            raise ValueError(f"runtime={runtime!r}: expected one of {RUNTIMES}")
+        if precision not in PRECISIONS:
+            raise ValueError(f"precision={precision!r}: expected one of {PRECISIONS}")
+        if runtime not in installed:
+            raise ModuleNotFoundError(f"runtime={runtime!r} is not installed: pip install {runtime}")
+        # Imported by the graph classes rather than at the top: the exporter imports this
+        # module's constants, and exporting (e.g. to TorchScript) needs no runtime.
+        self.graph = _GRAPHS[runtime](path, num_threads, precision)
+        info = _parse_metadata(path, self.graph.metadata)
         self.path = path
+        self.runtime = runtime
         self.input_format = info["input_format"]
         self.input_size = tuple(info["input_size"])
         self.score_threshold = float(info["score_threshold"])
@@ -289,7 +414,12 @@ class OnnxPoseRunner:
                 f"{path}: metadata names {len(self.keypoint_names)} keypoints, num_keypoints is "
                 f"{self.num_keypoints}"
             )
-        _check_signature(path, self.session, self.input_size, self.num_keypoints)
+        # "int8" for a quantized file (its float operations at the float precision), else the
+        # precision the float operations run at.
+        self.precision = "int8" if info.get("precision") == "int8" else self.graph.precision
+        _check_signature(
+            path, self.graph.inputs, self.graph.outputs, self.input_size, self.num_keypoints
+        )
 
     def preprocess(self, image):
         """The graph's input for a BGR (H, W, 3) image: (3, *input_size) float32, in the
@@ -305,8 +435,7 @@ class OnnxPoseRunner:
 
     def run_graph(self, graph_input):
         """The graph's outputs (a dict by name) for a pre-processed image."""
-        outputs = self.session.run(OUTPUT_NAMES, {INPUT_NAME: graph_input})
-        return dict(zip(OUTPUT_NAMES, outputs))
+        return self.graph(graph_input)
 
     def postprocess(self, outputs, image_size, score_threshold=None):
         """Boxes, scores, classes and keypoints in the coordinates of an image of
@@ -353,11 +482,22 @@ def main(argv=None):
     parser.add_argument("model", help="ONNX file written by d2_edwpose.tools.export_model")
     parser.add_argument("images", nargs="+", help="image files")
     parser.add_argument("--score-threshold", type=float, help="default: the exported one")
-    parser.add_argument("--threads", type=int, help="onnxruntime intra-op threads")
+    parser.add_argument("--threads", type=int, help="the runtime's intra-op threads")
+    parser.add_argument(
+        "--runtime", choices=RUNTIMES, help=f"default: the first installed of {list(RUNTIMES)}"
+    )
+    parser.add_argument(
+        "--precision",
+        choices=PRECISIONS,
+        default="fp32",
+        help="of the float operations; bf16: OpenVINO, on CPUs with AVX-512 BF16 or AMX",
+    )
     parser.add_argument("--output", help="JSON file to write (default: standard output)")
     args = parser.parse_args(argv)
 
-    runner = OnnxPoseRunner(args.model, num_threads=args.threads)
+    runner = OnnxPoseRunner(
+        args.model, num_threads=args.threads, runtime=args.runtime, precision=args.precision
+    )
     results = []
     for path in args.images:
         image = cv2.imread(path)

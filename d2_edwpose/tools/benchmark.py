@@ -13,9 +13,12 @@ fixes the work: no score threshold, no box NMS (IoU threshold 1.0) and
 ``TEST.DETECTIONS_PER_IMAGE = N``, so every model runs its keypoint head on exactly N people
 (checked on every run). Latency is the wall time of ``model([{"image": ...}])`` in eval mode
 under ``torch.no_grad()``, with CUDA synchronised when the model runs there, after warm-up.
-With ``--onnxruntime`` the ONNX export of each d2_edwpose model is also timed, at N, through
-the onnxruntime runner (:mod:`d2_edwpose.deploy.onnx_pose_runner`, pre- and post-processing
-included). With ``--optimize`` every model is also measured after
+With ``--deploy`` the ONNX export of each d2_edwpose model is also timed, at N, through the
+deployment runner (:mod:`d2_edwpose.deploy.onnx_pose_runner`, pre- and post-processing
+included), a row per runtime and precision: onnxruntime and OpenVINO in float32 and on the
+INT8 quantization (:mod:`d2_edwpose.quantization`), OpenVINO in bfloat16 where the CPU has
+it. All models of one N are timed in interleaved rounds, one call of each per round, so that
+the machine's drift hits every row alike; the table's header names the CPU. With ``--optimize`` every model is also measured after
 :func:`d2_edwpose.modeling.optimize.optimize_for_inference`, in a row of its own; speed-ups
 "vs vanilla" compare rows of the same kind, "vs stock R50" always compare with detectron2's
 model as it is built (what its users run).
@@ -48,7 +51,14 @@ from d2_edwpose.tools.analyze_model import (
     load_config,
 )
 
-__all__ = ["fix_num_detections", "measure_latency", "measure_onnxruntime_latency", "main"]
+__all__ = [
+    "describe_cpu",
+    "fix_num_detections",
+    "measure_latency",
+    "runner_call",
+    "time_interleaved",
+    "main",
+]
 
 
 def fix_num_detections(cfg, num_people):
@@ -115,31 +125,16 @@ def measure_latency(model, image, num_people, warmup, repeats):
     return _time_calls(call, num_people, warmup, repeats, "the model")
 
 
-def measure_onnxruntime_latency(onnx_path, image, num_people, warmup, repeats, num_threads=None):
-    """Seconds per end-to-end call of the onnxruntime runner, one per repeat, as
-    :func:`measure_latency` measures PyTorch.
-
-    Args:
-        onnx_path: an export of a model, e.g. of ``build_benchmark_model(fix_num_detections(
-            cfg, num_people))``, which detects exactly ``num_people`` people in every image.
-        image: (3, H, W) uint8 tensor in the model's ``INPUT.FORMAT``, as ``measure_latency``
-            takes it.
-        num_people: the number of detections every call must return (checked).
-        num_threads: onnxruntime's intra-op threads; default: PyTorch's, so that both run on
-            the same cores.
-
-    A call is what a deployed model does per image: pre-processing (resize, channel order),
-    the onnxruntime session, keypoint decoding and scaling back to the image.
-    """
-    from d2_edwpose.deploy.onnx_pose_runner import OnnxPoseRunner
-
-    runner = OnnxPoseRunner(onnx_path, num_threads=num_threads or torch.get_num_threads())
+def runner_call(runner, image, num_people):
+    """A call of the deployment runner on ``image`` ((3, H, W) uint8 tensor in the model's
+    ``INPUT.FORMAT``, as :func:`measure_latency` takes it), returning its number of detections
+    (checked against ``num_people`` by the timing). A call is what a deployed model does per
+    image: pre-processing (resize, channel order), the graph on its runtime, keypoint decoding
+    and scaling back to the image."""
     # The runner takes images as OpenCV reads them: (H, W, 3) BGR.
     image = image.permute(1, 2, 0).cpu().numpy()
     image = np.ascontiguousarray(image[:, :, ::-1] if runner.input_format == "RGB" else image)
-    return _time_calls(
-        lambda: len(runner(image)["scores"]), num_people, warmup, repeats, "the ONNX model"
-    )
+    return lambda: len(runner(image)["scores"])
 
 
 def _component_modules(model):
@@ -237,66 +232,150 @@ def _models(args):
     return models
 
 
+def time_interleaved(calls, warmup, repeats):
+    """Seconds per call of each of ``calls`` ({label: (call, expected detections)}), timed in
+    rounds -- one call of each per round, in turn -- so that a drift of the machine's speed
+    during the run hits every label alike. ``warmup`` rounds are not timed."""
+    times = {label: [] for label in calls}
+    for round_index in range(warmup + repeats):
+        for label, (call, num_people) in calls.items():
+            start = time.perf_counter()
+            found = call()
+            elapsed = time.perf_counter() - start
+            if found != num_people:
+                raise RuntimeError(f"expected {num_people} detections, {label} returned {found}")
+            if round_index >= warmup:
+                times[label].append(elapsed)
+    return times
+
+
+# The deployment rows of --deploy: (runtime, precision) of the runner on the ONNX export.
+DEPLOY_ROWS = (
+    ("onnxruntime", "fp32"),
+    ("onnxruntime", "int8"),
+    ("openvino", "fp32"),
+    ("openvino", "bf16"),
+    ("openvino", "int8"),
+)
+
+
+def _deploy_rows(requested):
+    """The ``DEPLOY_ROWS`` asked for whose runtime is installed and which this CPU runs (a
+    notice for each one left out)."""
+    from d2_edwpose.deploy.onnx_pose_runner import available_runtimes, cpu_supports_bf16
+
+    installed = available_runtimes()
+    rows = []
+    for runtime, precision in requested:
+        if runtime not in installed:
+            print(f"--deploy {runtime}:{precision}: {runtime} is not installed; row left out")
+        elif precision == "bf16" and not cpu_supports_bf16():
+            print(f"--deploy {runtime}:bf16: this CPU has no native bfloat16; row left out")
+        else:
+            rows.append((runtime, precision))
+    return rows
+
+
+def _runners(model, rows, image, folder):
+    """{(runtime, precision): runner} of the ONNX export of ``model`` (and of its INT8
+    quantization, calibrated on ``image``: timing does not depend on the calibration)."""
+    import cv2
+
+    from d2_edwpose.deploy.onnx_pose_runner import OnnxPoseRunner
+    from d2_edwpose.export import export_onnx
+    from d2_edwpose.quantization import quantize_int8
+
+    files = {"fp32": export_onnx(model, Path(folder) / "model.onnx")}
+    if any(precision == "int8" for _, precision in rows):
+        picture = Path(folder) / "calibration.png"
+        pixels = image.permute(1, 2, 0).cpu().numpy()
+        cv2.imwrite(str(picture), pixels[:, :, ::-1] if model.input_format == "RGB" else pixels)
+        files["int8"] = quantize_int8(files["fp32"], Path(folder) / "model_int8.onnx", [picture])
+    threads = torch.get_num_threads()  # the cores PyTorch runs on
+    return {
+        (runtime, precision): OnnxPoseRunner(
+            files["int8" if precision == "int8" else "fp32"],
+            num_threads=threads,
+            runtime=runtime,
+            precision="bf16" if precision == "bf16" else "fp32",
+        )
+        for runtime, precision in rows
+    }
+
+
 def run_direct(args):
     torch.manual_seed(0)
     image = torch.randint(0, 256, (3, *args.size), dtype=torch.uint8)
+    models = [(name, cfg, analyze(cfg, name)) for name, cfg in _models(args)]
+    deploy = _deploy_rows(args.deploy or ())
     rows, profiles = [], []
-    variants = (False, True) if args.optimize else (False,)
-    for name, cfg in _models(args):
-        flops = analyze(cfg, name)
-
-        def row(times, num_people, **kind):
-            quantiles = statistics.quantiles(times, n=10)
-            return {
-                "model": name,
-                **kind,
-                "people": num_people,
-                "median_ms": 1000 * statistics.median(times),
-                "p10_ms": 1000 * quantiles[0],
-                "p90_ms": 1000 * quantiles[-1],
-                "params_m": flops["total_params"] / 1e6,
-                "gflops": flops["backbone_gflops"] + flops["rpn_gflops"]
-                + flops["box_head_gflops_at_test"] + num_people * flops["keypoint_head_gflops_per_roi"],
-            }
-
-        for num_people, optimized in itertools.product(
-            sorted(set(args.sweep) | {args.num_people}), variants
-        ):
-            model = build_benchmark_model(fix_num_detections(cfg.clone(), num_people))
-            if optimized:
-                optimize_for_inference(model)
-            times = measure_latency(model, image.to(model.device), num_people, args.warmup, args.repeats)
-            rows.append(row(times, num_people, optimized=optimized))
-            print(f"{_label(rows[-1])} N={num_people}: {rows[-1]['median_ms']:.1f} ms", flush=True)
-            if args.profile and num_people == args.num_people:
+    for num_people in sorted(set(args.sweep) | {args.num_people}):
+        calls, kinds = {}, {}
+        with tempfile.TemporaryDirectory() as folder:
+            for index, (name, cfg, flops) in enumerate(models):
+                for optimized in (False, True) if args.optimize else (False,):
+                    model = build_benchmark_model(fix_num_detections(cfg.clone(), num_people))
+                    if optimized:
+                        optimize_for_inference(model)
+                    kind = {"model": name, "optimized": optimized}
+                    label = _label(kind)
+                    calls[label] = (_pytorch_call(model, image.to(model.device)), num_people)
+                    kinds[label] = (kind, flops, model)
+                if num_people != args.num_people or name.startswith("detectron2 ") or not deploy:
+                    continue
+                model = build_benchmark_model(fix_num_detections(cfg.clone(), num_people))
+                subfolder = Path(folder) / str(index)
+                for (runtime, precision), runner in _runners(model, deploy, image, subfolder).items():
+                    kind = {"model": name, "runtime": runtime, "precision": precision}
+                    label = _label(kind)
+                    calls[label] = (runner_call(runner, image, num_people), num_people)
+                    kinds[label] = (kind, flops, None)
+            times = time_interleaved(calls, args.warmup, args.repeats)
+        for label, (kind, flops, model) in kinds.items():
+            rows.append(_row(kind, times[label], num_people, flops))
+            print(f"{label} N={num_people}: {rows[-1]['median_ms']:.1f} ms", flush=True)
+            if args.profile and model is not None and num_people == args.num_people:
                 profile = profile_components(model, image.to(model.device), args.warmup, args.repeats)
-                profiles.append((_label(rows[-1]), profile))
-        if args.onnxruntime and not name.startswith("detectron2 "):
-            rows.append(row(_onnxruntime_latency(cfg, image, args), args.num_people, runtime="onnxruntime"))
-            print(f"{_label(rows[-1])} N={args.num_people}: {rows[-1]['median_ms']:.1f} ms", flush=True)
+                profiles.append((label, profile))
     if profiles:
         print(format_profile(profiles, args.num_people))
     return rows
 
 
-def _onnxruntime_latency(cfg, image, args):
-    """Seconds per call of the ONNX export of the benchmark model run by the onnxruntime runner
-    (pre-processing, session, keypoint decoding and post-processing included)."""
-    from d2_edwpose.export import export_onnx
+def _pytorch_call(model, image):
+    inputs = [{"image": image}]
 
-    model = build_benchmark_model(fix_num_detections(cfg.clone(), args.num_people))
-    with tempfile.TemporaryDirectory() as folder:
-        path = export_onnx(model, Path(folder) / "model.onnx")
-        return measure_onnxruntime_latency(path, image, args.num_people, args.warmup, args.repeats)
+    @torch.no_grad()
+    def call():
+        (output,) = model(inputs)
+        _synchronize(model.device)
+        return len(output["instances"])
+
+    return call
+
+
+def _row(kind, times, num_people, flops):
+    quantiles = statistics.quantiles(times, n=10)
+    return {
+        **kind,
+        "people": num_people,
+        "median_ms": 1000 * statistics.median(times),
+        "p10_ms": 1000 * quantiles[0],
+        "p90_ms": 1000 * quantiles[-1],
+        "params_m": flops["total_params"] / 1e6,
+        "gflops": flops["backbone_gflops"] + flops["rpn_gflops"]
+        + flops["box_head_gflops_at_test"] + num_people * flops["keypoint_head_gflops_per_roi"],
+    }
 
 
 def _kind(row):
-    return (row.get("optimized", False), row.get("runtime"))
+    return (row.get("optimized", False), row.get("runtime"), row.get("precision", "fp32"))
 
 
 def _label(row):
     if row.get("runtime"):
-        return f"{row['model']} ({row['runtime']})"
+        precision = row.get("precision", "fp32")
+        return f"{row['model']} ({row['runtime']}{'' if precision == 'fp32' else ' ' + precision})"
     return f"{row['model']} + optimize_for_inference" if row.get("optimized") else row["model"]
 
 
@@ -312,6 +391,35 @@ def runtime_settings() -> str:
     return ", ".join(f"{name}={os.environ.get(name, 'unset')}" for name in RUNTIME_SETTINGS)
 
 
+# /proc/cpuinfo flags of the instruction sets that decide CPU inference speed, by name.
+_ISA_FLAGS = (
+    ("AVX2", "avx2"),
+    ("AVX-512", "avx512f"),
+    ("AVX-512 VNNI", "avx512_vnni"),
+    ("AVX-VNNI", "avx_vnni"),
+    ("AVX-512 BF16", "avx512_bf16"),
+    ("AMX", "amx_tile"),
+)
+
+
+def describe_cpu(cpuinfo="/proc/cpuinfo"):
+    """The CPU a measurement ran on: model name, the cores used and available, and the vector
+    instruction sets of ``_ISA_FLAGS`` it has (from ``/proc/cpuinfo`` where it exists)."""
+    name, flags = "unknown CPU", set()
+    if os.path.exists(cpuinfo):
+        with open(cpuinfo) as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                if key.strip() == "model name" and name == "unknown CPU":
+                    name = value.strip()
+                elif key.strip() == "flags" and not flags:
+                    flags = set(value.split())
+    isa = [label for label, flag in _ISA_FLAGS if flag in flags] or ["no AVX2"]
+    return (
+        f"{name}, {torch.get_num_threads()} of {os.cpu_count()} cores, {', '.join(isa)}"
+    )
+
+
 def format_table(rows, num_people, device, size):
     rows = [r for r in rows if r["people"] == num_people]
     vanilla = {_kind(r): r["median_ms"] for r in rows if r["model"].endswith("_vanilla")}
@@ -319,13 +427,15 @@ def format_table(rows, num_people, device, size):
         (
             r["median_ms"]
             for r in rows
-            if r["model"].startswith("detectron2 ") and _kind(r) == (False, None)
+            if r["model"].startswith("detectron2 ") and _kind(r) == (False, None, "fp32")
         ),
         None,
     )
     lines = [
         f"Direct mode, {size[0]}×{size[1]} input, batch 1, N = {num_people} people per image, "
-        f"device {device}, {torch.get_num_threads()} threads, random weights; {runtime_settings()}.",
+        f"device {device} ({describe_cpu() if device == 'cpu' else torch.cuda.get_device_name()}), "
+        f"{torch.get_num_threads()} threads, random weights, models timed in interleaved rounds; "
+        f"{runtime_settings()}.",
         "",
         "| model | latency median (p10–p90) | FPS | vs vanilla | vs stock R50 | params | GFLOPs at N |",
         "|---|---|---|---|---|---|---|",
@@ -350,7 +460,7 @@ def plot_sweep(rows, output_file, device):
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for name in dict.fromkeys(map(_label, rows)):
         points = sorted((r["people"], r["median_ms"]) for r in rows if _label(r) == name)
-        if len(points) > 1:  # models measured at one N only (onnxruntime) are in the table
+        if len(points) > 1:  # models measured at one N only (--deploy) are in the table
             ax.plot(*zip(*points), marker="o", label=name)
     ax.set_xlabel("people detected per image (N)")
     ax.set_ylabel("latency per image, median (ms)")
@@ -381,6 +491,15 @@ def run_dataset(args):
     inference_on_dataset(model, loader, DatasetEvaluators([]))
 
 
+def _deploy_row(text):
+    row = tuple(text.split(":"))
+    if row not in DEPLOY_ROWS:
+        raise argparse.ArgumentTypeError(
+            f"{text!r}: expected one of {', '.join(f'{r}:{p}' for r, p in DEPLOY_ROWS)}"
+        )
+    return row
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument(
@@ -397,10 +516,14 @@ def main(argv=None):
         help="also measure every model after optimize_for_inference (a row of its own)",
     )
     parser.add_argument(
-        "--onnxruntime",
-        action="store_true",
-        help="also export each d2_edwpose model to ONNX and time the onnxruntime runner at "
-        "--num-people (needs onnx and onnxruntime)",
+        "--deploy",
+        nargs="*",
+        type=_deploy_row,
+        metavar="RUNTIME:PRECISION",
+        help="also export each d2_edwpose model to ONNX and time the deployment runner at "
+        "--num-people, a row per runtime and precision: any of "
+        + ", ".join(f"{r}:{p}" for r, p in DEPLOY_ROWS)
+        + " (default: all)",
     )
     parser.add_argument(
         "--profile",
@@ -417,6 +540,8 @@ def main(argv=None):
     parser.add_argument("--dataset", help="dataset mode: a registered dataset name")
     parser.add_argument("--opts", nargs=argparse.REMAINDER, default=[], help="KEY VALUE overrides")
     args = parser.parse_args(argv)
+    if args.deploy == []:
+        args.deploy = list(DEPLOY_ROWS)
     if args.repeats < 2:
         parser.error(f"--repeats {args.repeats}: at least 2 timed runs are needed for a spread")
     if args.dataset:

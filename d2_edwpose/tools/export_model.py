@@ -10,6 +10,11 @@ The export runs on the CPU, with the config's score threshold, NMS and
 ``TEST.DETECTIONS_PER_IMAGE`` built in: override them like any key, e.g.
 ``MODEL.ROI_HEADS.SCORE_THRESH_TEST 0.5``.
 
+``--quantize int8`` also writes ``OUTPUT/model_int8.onnx``, quantized after training and
+calibrated on ``--calibration DIR`` (default: the images of the config's first training set)
+for OpenVINO's int8 kernels (:mod:`d2_edwpose.quantization`); ``tools.evaluate_export``
+measures what it costs in accuracy.
+
 ``--verify IMAGES`` (an image or a folder of images; repeatable) runs PyTorch and the exports
 on the images and prints the largest differences; it fails when the ONNX runner finds other
 people than PyTorch, or boxes or keypoints more than 1 px or scores more than 1e-3 away.
@@ -22,6 +27,7 @@ from pathlib import Path
 import cv2
 
 from detectron2.config import get_cfg
+from detectron2.data import MetadataCatalog
 from detectron2.modeling import build_model
 from detectron2.utils.logger import setup_logger
 
@@ -37,11 +43,13 @@ from d2_edwpose.export import (
     export_torchscript,
     load_torchscript,
 )
+from d2_edwpose.quantization import calibration_images, quantize_int8
 from d2_edwpose.tools.demo import IMAGE_SUFFIXES, keypoint_metadata
 
 __all__ = ["main"]
 
-FILE_NAMES = {"onnx": "model.onnx", "torchscript": "model.ts"}
+FILE_NAMES = {"onnx": "model.onnx", "torchscript": "model.ts", "onnx_int8": "model_int8.onnx"}
+EXPORT_FORMATS = ("onnx", "torchscript")
 # The parity the exports are held to: pixels (of the image for ONNX, of the fixed-size input
 # for TorchScript) and scores.
 MAX_PX_DIFFERENCE = 1.0
@@ -85,6 +93,17 @@ def _read_images(paths):
     return images
 
 
+def _training_images(cfg):
+    """The image folder of the config's first training set, to calibrate INT8 on."""
+    if not cfg.DATASETS.TRAIN:
+        raise ValueError("--quantize int8: give --calibration DIR (the config has no DATASETS.TRAIN)")
+    name = cfg.DATASETS.TRAIN[0]
+    folder = MetadataCatalog.get(name).get("image_root")
+    if folder is None:
+        raise ValueError(f"--quantize int8: dataset '{name}' has no image_root; give --calibration DIR")
+    return folder
+
+
 def _failures(name, stats, limits):
     failures = [f"{key}={stats[key]:g} > {limit:g}" for key, limit in limits if stats[key] > limit]
     if stats["count_mismatches"]:
@@ -118,13 +137,31 @@ def main(argv=None):
     parser.add_argument("--config-file", required=True, metavar="FILE")
     parser.add_argument("--output", required=True, help="folder for model.onnx / model.ts")
     parser.add_argument(
-        "--format", action="append", choices=sorted(FILE_NAMES), help="onnx or torchscript (repeatable; default: both)"
+        "--format", action="append", choices=EXPORT_FORMATS, help="onnx or torchscript (repeatable; default: both)"
     )
     parser.add_argument(
         "--verify",
         action="append",
         metavar="IMAGES",
         help="an image or a folder of images to compare on (repeatable)",
+    )
+    parser.add_argument(
+        "--quantize",
+        choices=["int8"],
+        help="also write OUTPUT/model_int8.onnx, quantized after training (d2_edwpose.quantization)",
+    )
+    parser.add_argument(
+        "--calibration",
+        metavar="DIR",
+        help="images to calibrate the INT8 model on; default: the image folder of the config's "
+        "first DATASETS.TRAIN (not the images it is evaluated on)",
+    )
+    parser.add_argument(
+        "--calibration-images",
+        type=int,
+        default=300,
+        metavar="N",
+        help="calibrate on the first N images of --calibration (sorted by name; default 300)",
     )
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides: KEY VALUE ...")
     args = parser.parse_args(argv)
@@ -133,6 +170,14 @@ def main(argv=None):
 
     images = _read_images(args.verify) if args.verify else []
     cfg = setup_cfg(args.config_file, args.opts)
+    calibration = []
+    if args.quantize:
+        if args.calibration_images < 1:
+            parser.error(f"--calibration-images {args.calibration_images}: at least 1")
+        folder = args.calibration or _training_images(cfg)
+        calibration = calibration_images(folder, args.calibration_images)
+        if args.format and "onnx" not in args.format:
+            parser.error("--quantize int8 quantizes the ONNX export: add --format onnx")
     model = build_model(cfg).eval()
     if not cfg.MODEL.WEIGHTS:
         logger.warning("MODEL.WEIGHTS is empty: exporting randomly initialised weights")
@@ -142,11 +187,16 @@ def main(argv=None):
     exporters = {"onnx": export_onnx, "torchscript": export_torchscript}
     keypoint_names = keypoint_metadata(cfg).keypoint_names
     written = {}
-    for name in args.format or sorted(FILE_NAMES):
+    for name in args.format or EXPORT_FORMATS:
         written[name] = exporters[name](
             model, Path(args.output) / FILE_NAMES[name], keypoint_names=keypoint_names
         )
         logger.info(f"wrote {written[name]}")
+    if calibration:
+        written["onnx_int8"] = quantize_int8(
+            written["onnx"], Path(args.output) / FILE_NAMES["onnx_int8"], calibration
+        )
+        logger.info(f"wrote {written['onnx_int8']} (calibrated on {len(calibration)} images)")
     if images:
         report, failures = verify(model, written, images)
         print(json.dumps(report, indent=1))

@@ -1,0 +1,192 @@
+"""Deployment at low precision: OpenVINO in bfloat16, INT8 quantization, the precision in the
+exported file, and the evaluation of an exported model with COCOEvaluator."""
+import json
+from pathlib import Path
+
+import cv2
+import numpy as np
+import onnx
+import pytest
+import torch
+
+from detectron2.config import get_cfg
+from detectron2.structures import pairwise_iou, Boxes
+
+from d2_edwpose import add_edwpose_config
+from d2_edwpose.data.synthetic import generate_synthetic_keypoints, register_synthetic_keypoints
+from d2_edwpose.deploy import onnx_pose_runner
+from d2_edwpose.deploy.onnx_pose_runner import OnnxPoseRunner
+from d2_edwpose.engine import Trainer
+from d2_edwpose.evaluation import KeypointCOCOEvaluator
+from d2_edwpose.export import export_onnx, pytorch_poses
+from d2_edwpose.quantization import FLOAT_LAYERS, calibration_images, quantize_int8
+from d2_edwpose.tools import evaluate_export, export_model
+
+from conftest import REPO_ROOT
+
+CONFIG = REPO_ROOT / "configs" / "cpu_demo_keypoint_rcnn_mv3_fpn_320_edw.yaml"
+# People PyTorch scores this far above the threshold (0.5) must be found at low precision: the
+# briefly trained model's scores moved by up to 0.03 in bfloat16 and 0.06 in INT8 (measured on
+# these images), so a margin of 0.15 leaves room for other CPUs' kernels.
+CONFIDENT = 0.65
+# ... and found where PyTorch finds them: a box that overlaps PyTorch's by IoU >= 0.5, COCO's
+# criterion for a detection of the same person (the briefly trained model's boxes are loose,
+# and low precision moves them more than a well trained model's).
+MIN_IOU = 0.5
+
+
+@pytest.fixture(scope="module")
+def synthetic_root(tmp_path_factory):
+    return generate_synthetic_keypoints(tmp_path_factory.mktemp("synthetic"), 24, 6, seed=0)
+
+
+@pytest.fixture(scope="module")
+def trained(synthetic_root, tmp_path_factory):
+    """(config, model): the CPU demo config trained for 150 iterations on 24 synthetic images,
+    scoring people at 0.5 and more: scores far from the threshold, unlike random weights."""
+    register_synthetic_keypoints(synthetic_root)
+    cfg = get_cfg()
+    add_edwpose_config(cfg)
+    cfg.merge_from_file(str(CONFIG))
+    cfg.merge_from_list(
+        ["SOLVER.IMS_PER_BATCH", 4, "SOLVER.MAX_ITER", 150, "SOLVER.STEPS", (120,),
+         "SOLVER.WARMUP_ITERS", 20, "DATALOADER.NUM_WORKERS", 0, "SEED", 0,
+         "TEST.PRECISE_BN.NUM_ITER", 12, "MODEL.ROI_HEADS.SCORE_THRESH_TEST", 0.5,
+         "OUTPUT_DIR", str(tmp_path_factory.mktemp("trained"))]
+    )  # fmt: skip
+    trainer = Trainer(cfg)
+    trainer.resume_or_load(resume=False)
+    trainer.train()
+    return cfg, trainer.model.eval()
+
+
+@pytest.fixture(scope="module")
+def files(trained, synthetic_root, tmp_path_factory):
+    _, model = trained
+    folder = tmp_path_factory.mktemp("export")
+    fp32 = export_onnx(model, folder / "model.onnx")
+    images = calibration_images(Path(synthetic_root, "train"), 24)
+    return {"fp32": fp32, "int8": quantize_int8(fp32, folder / "model_int8.onnx", images)}
+
+
+@pytest.fixture(scope="module")
+def images(synthetic_root):
+    return [cv2.imread(str(p)) for p in sorted(Path(synthetic_root, "val").glob("*.jpg"))] + [
+        np.full((240, 400, 3), 127, np.uint8)
+    ]
+
+
+def assert_keeps_the_confident_people(model, runner, images):
+    found_any = False
+    for image in images:
+        reference = pytorch_poses(model, image)
+        poses = runner(image)
+        confident = reference["boxes"][reference["scores"] >= CONFIDENT]
+        found_any |= len(confident) > 0
+        if not len(confident):
+            continue
+        assert len(poses["boxes"]), f"{runner.precision}: nobody found where PyTorch finds {len(confident)}"
+        iou = pairwise_iou(Boxes(torch.from_numpy(confident)), Boxes(torch.from_numpy(poses["boxes"])))
+        assert (iou.max(dim=1).values >= MIN_IOU).all(), (runner.precision, iou)
+        # Nobody else: every person found scores near a person PyTorch finds.
+        assert len(poses["boxes"]) <= len(reference["boxes"]) + 1, runner.precision
+    assert found_any, "the trained model must find people for the check to mean anything"
+
+
+@pytest.mark.skipif(not onnx_pose_runner.cpu_supports_bf16(), reason="this CPU has no native bfloat16")
+def test_bfloat16_keeps_the_people(trained, files, images):
+    runner = OnnxPoseRunner(files["fp32"], runtime="openvino", precision="bf16", num_threads=1)
+    assert runner.precision == "bf16"
+    assert_keeps_the_confident_people(trained[1], runner, images)
+
+
+@pytest.mark.parametrize("runtime", onnx_pose_runner.available_runtimes())
+def test_int8_keeps_the_people(trained, files, images, runtime):
+    runner = OnnxPoseRunner(files["int8"], runtime=runtime, num_threads=1)
+    assert runner.precision == "int8"
+    assert_keeps_the_confident_people(trained[1], runner, images)
+
+
+def test_int8_file_records_its_precision_and_keeps_the_decisive_layers_in_float(files):
+    model = onnx.load(str(files["int8"]))
+    metadata = json.loads({p.key: p.value for p in model.metadata_props}["d2_edwpose"])
+    assert metadata["precision"] == "int8" and metadata["calibration_images"] == 24
+    quantized = {
+        node.input[0].rsplit("_", 1)[0]
+        for node in model.graph.node
+        if node.op_type == "DequantizeLinear" and "weight" in node.input[0]
+    }
+    assert quantized, "no quantized weights"
+    convs = [n for n in model.graph.node if n.op_type in ("Conv", "Gemm", "ConvTranspose")]
+    decisive = [n for n in convs if any(part in n.name for part in FLOAT_LAYERS)]
+    assert len(decisive) >= 4
+    # A float layer reads its float weight directly, a quantized one through DequantizeLinear.
+    producers = {output: node for node in model.graph.node for output in node.output}
+    for node in convs:
+        weight = producers.get(node.input[1])
+        is_quantized = weight is not None and weight.op_type == "DequantizeLinear"
+        assert is_quantized == (node not in decisive), node.name
+    assert OnnxPoseRunner(files["fp32"], runtime="onnxruntime").precision == "fp32"
+
+
+def test_bfloat16_without_cpu_support_falls_back_with_a_notice(files, monkeypatch):
+    monkeypatch.setattr(onnx_pose_runner, "cpu_supports_bf16", lambda: False)
+    with pytest.warns(RuntimeWarning, match="bf16 requested, but this CPU computes no bfloat16"):
+        runner = OnnxPoseRunner(files["fp32"], runtime="openvino", precision="bf16")
+    assert runner.precision == "fp32"
+    with pytest.raises(ValueError, match="precision='bf16' runs on OpenVINO only"):
+        OnnxPoseRunner(files["fp32"], runtime="onnxruntime", precision="bf16")
+
+
+def test_calibration_folders_without_images_are_named(files, tmp_path):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(FileNotFoundError, match=rf"--calibration {empty}: no image files"):
+        calibration_images(empty, 10)
+    with pytest.raises(FileNotFoundError, match=rf"--calibration {tmp_path / 'missing'}: no such folder"):
+        calibration_images(tmp_path / "missing", 10)
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "photo.jpg").write_bytes(b"not a JPEG")
+    output = tmp_path / "model_int8.onnx"
+    with pytest.raises(ValueError, match=r"photo.jpg is not a readable image file"):
+        quantize_int8(files["fp32"], output, calibration_images(broken, 10))
+    assert not output.exists()
+
+
+def test_export_command_quantizes_and_the_evaluation_command_scores_it(trained, synthetic_root, tmp_path):
+    cfg, model = trained
+    weights = tmp_path / "weights.pth"
+    torch.save({"model": model.state_dict()}, weights)
+    output = tmp_path / "export"
+    opts = ["MODEL.WEIGHTS", str(weights), "MODEL.ROI_HEADS.SCORE_THRESH_TEST", "0.5"]
+    written = export_model.main(
+        ["--config-file", str(CONFIG), "--output", str(output), "--format", "onnx",
+         "--quantize", "int8", "--calibration-images", "8", *opts]
+    )  # fmt: skip
+    # Calibrated on the training set's images by default; nothing half-written is left.
+    assert sorted(p.name for p in output.iterdir()) == ["model.onnx", "model_int8.onnx"]
+    assert OnnxPoseRunner(written["onnx_int8"]).precision == "int8"
+
+    # PyTorch on the pixels the runner sees (OpenCV's JPEG decoding; detectron2's loader uses
+    # PIL's, whose rounding differs), scored by the same evaluator.
+    class PyTorchRunner:
+        path, num_keypoints, keypoint_names = "the PyTorch model", 17, None
+
+        def __call__(self, image):
+            return pytorch_poses(model, image)
+
+    evaluator = KeypointCOCOEvaluator("synthetic_keypoints_val", distributed=False)
+    pytorch = evaluate_export.evaluate_runner(PyTorchRunner(), "synthetic_keypoints_val", evaluator)
+    for path in (written["onnx"], written["onnx_int8"]):
+        summary = evaluate_export.main(
+            ["--config-file", str(CONFIG), "--model", str(path), "--output", str(tmp_path / path.stem),
+             "DATASETS.TEST", "('synthetic_keypoints_val',)"]
+        )  # fmt: skip
+        assert summary["dataset"] == "synthetic_keypoints_val"
+        results = json.loads((tmp_path / path.stem / "results.json").read_text())["results"]
+        assert set(results) == {"bbox", "keypoints"}
+        if path == written["onnx"]:
+            # The float32 export scores as the PyTorch model does (the runner's parity).
+            for task in ("bbox", "keypoints"):
+                assert results[task]["AP"] == pytest.approx(pytorch[task]["AP"], abs=0.5), task

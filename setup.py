@@ -23,6 +23,7 @@ setup(
         "matplotlib",
         "setuptools>=64,<81",
     ],
-    # ONNX export (d2_edwpose.export) and the onnxruntime runner (d2_edwpose/deploy/).
-    extras_require={"export": ["onnx", "onnxruntime"]},
+    # ONNX export and INT8 quantization (d2_edwpose.export, d2_edwpose.quantization) and the
+    # runner's two runtimes (d2_edwpose/deploy/).
+    extras_require={"export": ["onnx", "onnxruntime", "openvino"]},
 )

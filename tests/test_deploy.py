@@ -107,7 +107,7 @@ def test_int8_keeps_the_people(trained, files, images, runtime):
     assert_keeps_the_confident_people(trained[1], runner, images)
 
 
-def test_int8_file_records_its_precision_and_keeps_the_decisive_layers_in_float(files):
+def test_int8_file_records_its_precision_and_keeps_the_decisive_and_depthwise_layers_in_float(files):
     model = onnx.load(str(files["int8"]))
     metadata = json.loads({p.key: p.value for p in model.metadata_props}["d2_edwpose"])
     assert metadata["precision"] == "int8" and metadata["calibration_images"] == 24
@@ -119,7 +119,9 @@ def test_int8_file_records_its_precision_and_keeps_the_decisive_layers_in_float(
     assert quantized, "no quantized weights"
     convs = [n for n in model.graph.node if n.op_type in ("Conv", "Gemm", "ConvTranspose")]
     decisive = [n for n in convs if any(part in n.name for part in FLOAT_LAYERS)]
-    assert len(decisive) >= 4
+    depthwise = [n for n in convs if any(a.name == "group" and a.i > 1 for a in n.attribute)]
+    assert len(decisive) >= 4 and len(depthwise) >= 4
+    decisive += depthwise
     # A float layer reads its float weight directly, a quantized one through DequantizeLinear.
     producers = {output: node for node in model.graph.node for output in node.output}
     for node in convs:

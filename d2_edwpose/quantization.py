@@ -9,9 +9,10 @@ runner's own pre-processing. Kept in float32, because precision matters there an
 they cost little: the layers whose outputs decide the detections -- the RPN's objectness and
 box deltas (they feed NMS), the box predictor's scores and box regression, and the keypoint
 heatmap logits (``score_lowres``) --, the depthwise convolutions (see ``_stays_float``) and
-every non-convolution operation (NMS, RoIAlign, TopK, ...). OpenVINO runs the QDQ graph with int8 kernels; onnxruntime runs it too, slowly
-(docs/deploy.md has the measurements).
+every non-convolution operation (NMS, RoIAlign, TopK, ...). OpenVINO runs the QDQ graph with
+int8 kernels; onnxruntime runs it too, slowly (docs/deploy.md has the measurements).
 """
+
 import json
 import os
 import tempfile
@@ -119,4 +120,3 @@ def quantize_int8(onnx_path, output_path, image_paths):
     with atomic_open(output_path, "wb") as f:
         f.write(model.SerializeToString())
     return output_path
-

@@ -1,5 +1,6 @@
 """Deployment at low precision: OpenVINO in bfloat16, INT8 quantization, the precision in the
 exported file, and the evaluation of an exported model with COCOEvaluator."""
+
 import json
 from pathlib import Path
 
@@ -85,15 +86,21 @@ def assert_keeps_the_confident_people(model, runner, images):
         found_any |= len(confident) > 0
         if not len(confident):
             continue
-        assert len(poses["boxes"]), f"{runner.precision}: nobody found where PyTorch finds {len(confident)}"
-        iou = pairwise_iou(Boxes(torch.from_numpy(confident)), Boxes(torch.from_numpy(poses["boxes"])))
+        assert len(
+            poses["boxes"]
+        ), f"{runner.precision}: nobody found where PyTorch finds {len(confident)}"
+        iou = pairwise_iou(
+            Boxes(torch.from_numpy(confident)), Boxes(torch.from_numpy(poses["boxes"]))
+        )
         assert (iou.max(dim=1).values >= MIN_IOU).all(), (runner.precision, iou)
         # Nobody else: every person found scores near a person PyTorch finds.
         assert len(poses["boxes"]) <= len(reference["boxes"]) + 1, runner.precision
     assert found_any, "the trained model must find people for the check to mean anything"
 
 
-@pytest.mark.skipif(not onnx_pose_runner.cpu_supports_bf16(), reason="this CPU has no native bfloat16")
+@pytest.mark.skipif(
+    not onnx_pose_runner.cpu_supports_bf16(), reason="this CPU has no native bfloat16"
+)
 def test_bfloat16_keeps_the_people(trained, files, images):
     runner = OnnxPoseRunner(files["fp32"], runtime="openvino", precision="bf16", num_threads=1)
     assert runner.precision == "bf16"
@@ -107,7 +114,9 @@ def test_int8_keeps_the_people(trained, files, images, runtime):
     assert_keeps_the_confident_people(trained[1], runner, images)
 
 
-def test_int8_file_records_its_precision_and_keeps_the_decisive_and_depthwise_layers_in_float(files):
+def test_int8_file_records_its_precision_and_keeps_the_decisive_and_depthwise_layers_in_float(
+    files,
+):
     model = onnx.load(str(files["int8"]))
     metadata = json.loads({p.key: p.value for p in model.metadata_props}["d2_edwpose"])
     assert metadata["precision"] == "int8" and metadata["calibration_images"] == 24
@@ -145,7 +154,9 @@ def test_calibration_folders_without_images_are_named(files, tmp_path):
     empty.mkdir()
     with pytest.raises(FileNotFoundError, match=rf"--calibration {empty}: no image files"):
         calibration_images(empty, 10)
-    with pytest.raises(FileNotFoundError, match=rf"--calibration {tmp_path / 'missing'}: no such folder"):
+    with pytest.raises(
+        FileNotFoundError, match=rf"--calibration {tmp_path / 'missing'}: no such folder"
+    ):
         calibration_images(tmp_path / "missing", 10)
     broken = tmp_path / "broken"
     broken.mkdir()
@@ -156,7 +167,9 @@ def test_calibration_folders_without_images_are_named(files, tmp_path):
     assert not output.exists()
 
 
-def test_export_command_quantizes_and_the_evaluation_command_scores_it(trained, synthetic_root, tmp_path):
+def test_export_command_quantizes_and_the_evaluation_command_scores_it(
+    trained, synthetic_root, tmp_path
+):
     cfg, model = trained
     weights = tmp_path / "weights.pth"
     torch.save({"model": model.state_dict()}, weights)

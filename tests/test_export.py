@@ -38,6 +38,7 @@ from d2_edwpose.tools.analyze_model import load_config
 from d2_edwpose.tools.benchmark import (
     build_benchmark_model,
     fix_num_detections,
+    profile_runner,
     runner_call,
     time_interleaved,
 )
@@ -299,6 +300,9 @@ def test_runner_latency_of_the_benchmark_model(tmp_path):
     assert all(len(t) == 2 and all(s > 0 for s in t) for t in times.values())
     with pytest.raises(RuntimeError, match="expected 4 detections, onnxruntime returned 3"):
         time_interleaved({"onnxruntime": (calls["onnxruntime"][0], 4)}, warmup=0, repeats=1)
+    steps = profile_runner(OnnxPoseRunner(path, num_threads=1), image, warmup=0, repeats=2)
+    assert all(steps[name] > 0 for name in ("pre-processing", "graph", "post-processing"))
+    assert steps["graph"] < steps["total"]
 
 
 def test_demo_trained_model_matches_pytorch(images, tmp_path):

@@ -304,7 +304,9 @@ class _OnnxruntimeGraph:
             ) from e
         self.metadata = self.session.get_modelmeta().custom_metadata_map
         types = {"tensor(float)": "float32"}
-        self.inputs = [(i.name, i.shape, types.get(i.type, i.type)) for i in self.session.get_inputs()]
+        self.inputs = [
+            (i.name, i.shape, types.get(i.type, i.type)) for i in self.session.get_inputs()
+        ]
         self.outputs = {o.name: o.shape for o in self.session.get_outputs()}
         self.precision = precision
 
@@ -396,7 +398,9 @@ class OnnxPoseRunner:
         if precision not in PRECISIONS:
             raise ValueError(f"precision={precision!r}: expected one of {PRECISIONS}")
         if runtime not in installed:
-            raise ModuleNotFoundError(f"runtime={runtime!r} is not installed: pip install {runtime}")
+            raise ModuleNotFoundError(
+                f"runtime={runtime!r} is not installed: pip install {runtime}"
+            )
         # Imported by the graph classes rather than at the top: the exporter imports this
         # module's constants, and exporting (e.g. to TorchScript) needs no runtime.
         self.graph = _GRAPHS[runtime](path, num_threads, precision)

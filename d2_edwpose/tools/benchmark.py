@@ -54,6 +54,7 @@ from d2_edwpose.tools.analyze_model import (
 __all__ = [
     "describe_cpu",
     "fix_num_detections",
+    "profile_runner",
     "measure_latency",
     "runner_call",
     "time_interleaved",
@@ -219,6 +220,47 @@ def format_profile(profiles, num_people):
     return "\n".join(lines)
 
 
+RUNNER_PROFILE_COLUMNS = ("pre-processing", "graph", "post-processing", "total")
+
+
+def profile_runner(runner, image, warmup, repeats):
+    """Median ms of the deployment runner's three steps on ``image`` (as ``runner_call``
+    takes it): pre-processing (resize, channel order), the graph on its runtime, and
+    post-processing (keypoint decoding in numpy, scaling back to the image)."""
+    pixels = image.permute(1, 2, 0).cpu().numpy()
+    pixels = np.ascontiguousarray(pixels[:, :, ::-1] if runner.input_format == "RGB" else pixels)
+    times = {name: [] for name in RUNNER_PROFILE_COLUMNS}
+    for index in range(warmup + repeats):
+        start = time.perf_counter()
+        graph_input = runner.preprocess(pixels)
+        preprocessed = time.perf_counter()
+        outputs = runner.run_graph(graph_input)
+        ran = time.perf_counter()
+        runner.postprocess(outputs, pixels.shape[:2])
+        end = time.perf_counter()
+        if index >= warmup:
+            for name, seconds in zip(
+                RUNNER_PROFILE_COLUMNS,
+                (preprocessed - start, ran - preprocessed, end - ran, end - start),
+            ):
+                times[name].append(seconds)
+    return {name: 1000 * statistics.median(seconds) for name, seconds in times.items()}
+
+
+def format_runner_profile(profiles, num_people):
+    lines = [
+        f"Deployment runner, time per step, median ms, N = {num_people}.",
+        "",
+        "| model | " + " | ".join(RUNNER_PROFILE_COLUMNS) + " |",
+        "|---|" + "---|" * len(RUNNER_PROFILE_COLUMNS),
+    ]
+    for label, ms in profiles:
+        lines.append(
+            f"| {label} | " + " | ".join(f"{ms[c]:.1f}" for c in RUNNER_PROFILE_COLUMNS) + " |"
+        )
+    return "\n".join(lines)
+
+
 def _models(args):
     """(name, config) of every model to compare."""
     size = tuple(args.size)
@@ -308,7 +350,7 @@ def run_direct(args):
     image = torch.randint(0, 256, (3, *args.size), dtype=torch.uint8)
     models = [(name, cfg, analyze(cfg, name)) for name, cfg in _models(args)]
     deploy = _deploy_rows(args.deploy or ())
-    rows, profiles = [], []
+    rows, profiles, runner_profiles = [], [], []
     for num_people in sorted(set(args.sweep) | {args.num_people}):
         calls, kinds = {}, {}
         with tempfile.TemporaryDirectory() as folder:
@@ -324,21 +366,31 @@ def run_direct(args):
                 if num_people != args.num_people or name.startswith("detectron2 ") or not deploy:
                     continue
                 model = build_benchmark_model(fix_num_detections(cfg.clone(), num_people))
-                subfolder = Path(folder) / str(index)
-                for (runtime, precision), runner in _runners(model, deploy, image, subfolder).items():
+                runners = _runners(model, deploy, image, Path(folder) / str(index))
+                for (runtime, precision), runner in runners.items():
                     kind = {"model": name, "runtime": runtime, "precision": precision}
                     label = _label(kind)
                     calls[label] = (runner_call(runner, image, num_people), num_people)
-                    kinds[label] = (kind, flops, None)
+                    kinds[label] = (kind, flops, runner)
             times = time_interleaved(calls, args.warmup, args.repeats)
+        # model: the PyTorch model, or the runner of a deployment row.
         for label, (kind, flops, model) in kinds.items():
             rows.append(_row(kind, times[label], num_people, flops))
             print(f"{label} N={num_people}: {rows[-1]['median_ms']:.1f} ms", flush=True)
-            if args.profile and model is not None and num_people == args.num_people:
-                profile = profile_components(model, image.to(model.device), args.warmup, args.repeats)
+            if not args.profile or num_people != args.num_people:
+                continue
+            if "runtime" in kind:
+                profile = profile_runner(model, image, args.warmup, args.repeats)
+                runner_profiles.append((label, profile))
+            else:
+                profile = profile_components(
+                    model, image.to(model.device), args.warmup, args.repeats
+                )
                 profiles.append((label, profile))
     if profiles:
         print(format_profile(profiles, args.num_people))
+    if runner_profiles:
+        print(format_runner_profile(runner_profiles, args.num_people))
     return rows
 
 
@@ -528,7 +580,8 @@ def main(argv=None):
     parser.add_argument(
         "--profile",
         action="store_true",
-        help="also print the time of each part (backbone, RPN, heads, ...) at --num-people",
+        help="also print the time of each part (backbone, RPN, heads, ...) at --num-people, and "
+        "of the deployment runner's steps (pre-processing, graph, post-processing)",
     )
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--size", type=int, nargs=2, default=(320, 320), metavar=("H", "W"))

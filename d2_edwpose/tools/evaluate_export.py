@@ -11,6 +11,7 @@ pre- and post-processing included) on every image of the dataset (default: the c
 (:class:`~d2_edwpose.evaluation.KeypointCOCOEvaluator`), the dataset's OKS sigmas, box and
 keypoint AP.
 """
+
 import argparse
 import json
 import logging
@@ -53,7 +54,11 @@ def evaluate_runner(runner, dataset_name, evaluator):
             f"{runner.path} predicts {runner.num_keypoints} keypoints, dataset '{dataset_name}' "
             f"has {len(names)}"
         )
-    if runner.keypoint_names is not None and names is not None and list(names) != list(runner.keypoint_names):
+    if (
+        runner.keypoint_names is not None
+        and names is not None
+        and list(names) != list(runner.keypoint_names)
+    ):
         raise ValueError(
             f"{runner.path} names its keypoints {runner.keypoint_names}, dataset "
             f"'{dataset_name}' {list(names)}"
@@ -62,7 +67,9 @@ def evaluate_runner(runner, dataset_name, evaluator):
     for record in DatasetCatalog.get(dataset_name):
         image = cv2.imread(record["file_name"])
         if image is None:
-            raise ValueError(f"Dataset '{dataset_name}': cannot read the image {record['file_name']}")
+            raise ValueError(
+                f"Dataset '{dataset_name}': cannot read the image {record['file_name']}"
+            )
         instances = _instances(runner(image), image.shape[:2])
         evaluator.process([record], [{"instances": instances}])
     return evaluator.evaluate()

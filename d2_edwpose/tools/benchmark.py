@@ -97,33 +97,11 @@ def _synchronize(device):
         torch.cuda.synchronize(device)
 
 
-def _time_calls(call, num_people, warmup, repeats, what):
-    """Seconds per ``call()`` -- which returns its number of detections, checked against
-    ``num_people`` -- one per repeat after ``warmup`` calls."""
-    times = []
-    for i in range(warmup + repeats):
-        start = time.perf_counter()
-        found = call()
-        elapsed = time.perf_counter() - start
-        if found != num_people:
-            raise RuntimeError(f"expected {num_people} detections, {what} returned {found}")
-        if i >= warmup:
-            times.append(elapsed)
-    return times
-
-
-@torch.no_grad()
 def measure_latency(model, image, num_people, warmup, repeats):
     """Seconds per call of ``model`` on ``image``, one per repeat; checks the detections."""
-    inputs = [{"image": image}]
-
-    def call():
-        (output,) = model(inputs)
-        _synchronize(model.device)
-        return len(output["instances"])
-
     _synchronize(model.device)
-    return _time_calls(call, num_people, warmup, repeats, "the model")
+    calls = {"the model": (_pytorch_call(model, image), num_people)}
+    return time_interleaved(calls, warmup, repeats)["the model"]
 
 
 def runner_call(runner, image, num_people):

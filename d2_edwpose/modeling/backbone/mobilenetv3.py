@@ -1,10 +1,9 @@
-"""MobileNetV3 (:paper:`MobileNetV3`) as a detectron2 backbone, layer for layer torchvision's.
+"""MobileNetV3 (:paper:`MobileNetV3`) as a detectron2 backbone: torchvision's, with named outputs.
 
-The network is built from torchvision's own blocks (``InvertedResidual``,
-``Conv2dNormActivation``, squeeze-excitation with hard-sigmoid) and kept in an
-``nn.Sequential`` called ``features`` with torchvision's indices, so that its state-dict keys
-are exactly those of torchvision's ``mobilenet_v3_large`` / ``mobilenet_v3_small`` without
-the classifier: ``features.<i>.<...>`` here is ``features.<i>.<...>`` there.
+The network is the ``features`` of torchvision's ``mobilenet_v3_large`` / ``mobilenet_v3_small``
+(built by those functions, without weights), so that its state-dict keys are torchvision's
+without the classifier: ``features.<i>.<...>`` here is ``features.<i>.<...>`` there, and
+torchvision's ImageNet weights load once renamed (:mod:`d2_edwpose.checkpoint`).
 
 Outputs are named by stride, after the last layer at that stride. With torchvision's indices:
 
@@ -26,8 +25,9 @@ features[1] (stride 2, no downsampling) opens stage2.
 import math
 from numbers import Real
 
+import torch
 from torch import nn
-from torchvision.models.mobilenetv3 import InvertedResidual, InvertedResidualConfig
+from torchvision.models import mobilenet_v3_large, mobilenet_v3_small
 from torchvision.ops.misc import Conv2dNormActivation
 
 from detectron2.layers import FrozenBatchNorm2d, ShapeSpec, get_norm
@@ -45,42 +45,8 @@ __all__ = [
 # The MODEL.BACKBONE.NAME values of this module's builders.
 BACKBONE_NAMES = ("build_mobilenetv3_backbone", "build_mobilenetv3_fpn_backbone")
 
-# Tables 1 and 2 of the paper, as in torchvision's _mobilenet_v3_conf. One row per inverted
-# residual block, features[1], features[2], ...:
-# (input channels, kernel, expanded channels, output channels, squeeze-excitation,
-#  activation ("RE": ReLU, "HS": hard-swish), stride), all channels before width_mult.
-ARCHS = {
-    "large": (
-        (16, 3, 16, 16, False, "RE", 1),
-        (16, 3, 64, 24, False, "RE", 2),
-        (24, 3, 72, 24, False, "RE", 1),
-        (24, 5, 72, 40, True, "RE", 2),
-        (40, 5, 120, 40, True, "RE", 1),
-        (40, 5, 120, 40, True, "RE", 1),
-        (40, 3, 240, 80, False, "HS", 2),
-        (80, 3, 200, 80, False, "HS", 1),
-        (80, 3, 184, 80, False, "HS", 1),
-        (80, 3, 184, 80, False, "HS", 1),
-        (80, 3, 480, 112, True, "HS", 1),
-        (112, 3, 672, 112, True, "HS", 1),
-        (112, 5, 672, 160, True, "HS", 2),
-        (160, 5, 960, 160, True, "HS", 1),
-        (160, 5, 960, 160, True, "HS", 1),
-    ),
-    "small": (
-        (16, 3, 16, 16, True, "RE", 2),
-        (16, 3, 72, 24, False, "RE", 2),
-        (24, 3, 88, 24, False, "RE", 1),
-        (24, 5, 96, 40, True, "HS", 2),
-        (40, 5, 240, 40, True, "HS", 1),
-        (40, 5, 240, 40, True, "HS", 1),
-        (40, 5, 120, 48, True, "HS", 1),
-        (48, 5, 144, 48, True, "HS", 1),
-        (48, 5, 288, 96, True, "HS", 2),
-        (96, 5, 576, 96, True, "HS", 1),
-        (96, 5, 576, 96, True, "HS", 1),
-    ),
-}
+# MODEL.MOBILENETV3.ARCH -> torchvision's builder of that network.
+ARCHS = {"large": mobilenet_v3_large, "small": mobilenet_v3_small}
 
 # The stem, then the outputs, by stride. FREEZE_AT = k freezes the first k of these.
 _STAGE_STRIDES = {"stem": 2, "stage2": 4, "stage3": 8, "stage4": 16, "stage5": 32}
@@ -101,14 +67,15 @@ _GN_GROUPS = 32
 
 
 def _norm_layer(norm):
-    """The ``norm_layer`` callable for torchvision's blocks: channels -> norm module.
+    """The ``norm_layer`` of torchvision's MobileNetV3 for ``norm``: channels -> norm module.
 
-    None when ``norm`` is "": torchvision's blocks then give the convolutions a bias.
+    "" gives ``nn.Identity``, which :func:`_features` then removes (torchvision's MobileNetV3
+    replaces a ``norm_layer`` of None by its own BatchNorm).
     """
-    if not norm:
-        return None
 
     def make(channels):
+        if not norm:
+            return nn.Identity()
         if norm == "FrozenBN":
             # Built here rather than by get_norm: its identity initialisation,
             # running_var = 1 - eps, depends on eps.
@@ -127,6 +94,32 @@ def _norm_layer(norm):
         return layer
 
     return make
+
+
+def _features(arch, width_mult, in_channels, norm):
+    """torchvision's ``mobilenet_v3_<arch>(width_mult=...).features`` on ``in_channels`` inputs,
+    with ``norm`` and torchvision's random initialisation."""
+    features = ARCHS[arch](weights=None, width_mult=width_mult, norm_layer=_norm_layer(norm))
+    features = features.features
+    if in_channels != 3:  # torchvision's stem takes RGB
+        stem = features[0][0]
+        features[0][0] = nn.Conv2d(
+            in_channels,
+            stem.out_channels,
+            stem.kernel_size,
+            stride=stem.stride,
+            padding=stem.padding,
+            bias=False,
+        )
+        nn.init.kaiming_normal_(features[0][0].weight, mode="fan_out")
+    if not norm:
+        # Without a norm, torchvision's convolutions have a bias: as torchvision would build
+        # them given no norm_layer, the Identity goes and the convolution gets a (zero) bias.
+        blocks = [m for m in features.modules() if isinstance(m, Conv2dNormActivation)]
+        for block in blocks:
+            del block[1]
+            block[0].bias = nn.Parameter(torch.zeros(block[0].out_channels))
+    return features
 
 
 class MobileNetV3(Backbone):
@@ -153,19 +146,18 @@ class MobileNetV3(Backbone):
             width_mult (float): channel multiplier, rounded as torchvision does.
             in_channels (int): channels of the input image.
             out_features (list[str]): outputs to return, from "stage2" ... "stage5". Layers
-                after the last of them are not built.
+                after the last of them are not kept.
             freeze_at (int): 0 trains everything, 1 freezes the stem, k >= 2 the stem and
                 stage2 ... stage<k> (detectron2's ``MODEL.BACKBONE.FREEZE_AT``); see
                 :meth:`freeze`.
             norm (str): a norm of detectron2's ``get_norm``, with torchvision's BatchNorm eps
                 and PyTorch's momentum (see ``_BN_EPS``); "GN" uses at most 32 groups (see
-                ``_GN_GROUPS``).
+                ``_GN_GROUPS``); "" none.
         """
         super().__init__()
         if arch not in ARCHS:
             raise ValueError(
-                f"MODEL.MOBILENETV3.ARCH={arch!r} is not one of "
-                + ", ".join(map(repr, ARCHS))
+                f"MODEL.MOBILENETV3.ARCH={arch!r} is not one of " + ", ".join(map(repr, ARCHS))
             )
         if not out_features or not set(out_features) <= set(_OUTPUT_NAMES):
             raise ValueError(
@@ -181,53 +173,26 @@ class MobileNetV3(Backbone):
                 f"MODEL.BACKBONE.FREEZE_AT={freeze_at!r} is not an integer in "
                 f"0 ... {len(_STAGE_NAMES)}"
             )
-        if not (
-            isinstance(width_mult, Real) and math.isfinite(width_mult) and width_mult > 0
-        ):
+        if not (isinstance(width_mult, Real) and math.isfinite(width_mult) and width_mult > 0):
             raise ValueError(
                 f"MODEL.MOBILENETV3.WIDTH_MULT={width_mult!r} is not a positive number"
             )
 
-        blocks = [
-            InvertedResidualConfig(*row, dilation=1, width_mult=width_mult)
-            for row in ARCHS[arch]
-        ]
-        norm_layer = _norm_layer(norm)
-        # torchvision's MobileNetV3.features: stem, inverted residual blocks, last 1x1 conv.
-        layers = [
-            Conv2dNormActivation(
-                in_channels,
-                blocks[0].input_channels,
-                kernel_size=3,
-                stride=2,
-                norm_layer=norm_layer,
-                activation_layer=nn.Hardswish,
-            )
-        ]
-        layers += [InvertedResidual(cnf, norm_layer) for cnf in blocks]
-        layers.append(
-            Conv2dNormActivation(
-                blocks[-1].out_channels,
-                6 * blocks[-1].out_channels,
-                kernel_size=1,
-                norm_layer=norm_layer,
-                activation_layer=nn.Hardswish,
-            )
-        )
+        layers = _features(arch, width_mult, in_channels, norm)
 
         # A stage ends with its last layer at its stride. Large's features[1] runs at stride 2
         # without downsampling (small's downsamples to 4): it opens stage2 in both.
         self._stage_ends = {"stem": 0}
         stride = _STAGE_STRIDES["stem"]
-        for index, layer_stride in enumerate([cnf.stride for cnf in blocks] + [1], start=1):
-            stride *= layer_stride
+        for index, layer in enumerate(layers[1:], start=1):
+            stride *= max(m.stride[0] for m in layer.modules() if isinstance(m, nn.Conv2d))
             self._stage_ends[_STAGE_AT_STRIDE[max(stride, _STAGE_STRIDES["stage2"])]] = index
 
         # Like detectron2's ResNet, leave out layers no output needs: unused parameters break
         # DistributedDataParallel.
         self._out_features = [name for name in _OUTPUT_NAMES if name in out_features]
         last = self._stage_ends[self._out_features[-1]]
-        self.features = nn.Sequential(*layers[: last + 1])
+        self.features = layers[: last + 1]
 
         self._out_feature_channels = {
             name: layers[self._stage_ends[name]].out_channels for name in self._out_features
@@ -235,19 +200,7 @@ class MobileNetV3(Backbone):
         self._out_feature_strides = {name: _STAGE_STRIDES[name] for name in self._out_features}
         self._return_at = {self._stage_ends[name]: name for name in self._out_features}
 
-        self._init_weights()
         self.freeze(freeze_at)
-
-    def _init_weights(self):
-        # torchvision's MobileNetV3 initialisation, for training from scratch.
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out")
-                if m.bias is not None:
-                    nn.init.zeros_(m.bias)
-            elif isinstance(m, (nn.modules.batchnorm._BatchNorm, nn.GroupNorm)):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
 
     def freeze(self, freeze_at=0):
         """Freeze the stem (``freeze_at`` >= 1) and stage2 ... stage<freeze_at>.

@@ -37,7 +37,7 @@ def add_edwpose_config(cfg):
     # EDWConv's e: depthwise filters per input channel. See EDWConv for the choice of default.
     cfg.MODEL.ROI_KEYPOINT_HEAD.EXPAND_FACTOR = 2
 
-    # The convs of FastRCNNSeparableConvFCHead (ROI_BOX_HEAD.NAME), the realtime config's light
+    # The convs of FastRCNNConfigurableConvFCHead (ROI_BOX_HEAD.NAME), the realtime config's light
     # box head: "dw", "edw" or "vanilla" (then it is detectron2's FastRCNNConvFCHead).
     cfg.MODEL.ROI_BOX_HEAD.CONV_TYPE = "dw"
     cfg.MODEL.ROI_BOX_HEAD.EXPAND_FACTOR = 2
@@ -133,11 +133,16 @@ def validate_edwpose_config(cfg):
             "an integer >= 1",
         )
     head = cfg.MODEL.ROI_KEYPOINT_HEAD
-    if cfg.MODEL.KEYPOINT_ON and head.NAME != "KRCNNSeparableConvDeconvUpsampleHead":
+    # The new name and the former one, which configs written before the rename use.
+    reads_conv_type = head.NAME in (
+        "KRCNNConfigurableConvDeconvUpsampleHead",
+        "KRCNNSeparableConvDeconvUpsampleHead",
+    )
+    if cfg.MODEL.KEYPOINT_ON and not reads_conv_type:
         check(
             "MODEL.ROI_KEYPOINT_HEAD.CONV_TYPE",
             head.CONV_TYPE,
             head.CONV_TYPE == "vanilla",
             f"'vanilla': ROI_KEYPOINT_HEAD.NAME={head.NAME!r} has no such option (only "
-            "'KRCNNSeparableConvDeconvUpsampleHead' reads it)",
+            "'KRCNNConfigurableConvDeconvUpsampleHead' reads it)",
         )

@@ -5,20 +5,21 @@ from detectron2.config import configurable
 from detectron2.layers import get_norm
 from detectron2.modeling.roi_heads.box_head import ROI_BOX_HEAD_REGISTRY, FastRCNNConvFCHead
 
+from ... import compat
 from ...layers import conv_class_of_type, xavier_fill
 
-__all__ = ["FastRCNNSeparableConvFCHead"]
+__all__ = ["FastRCNNConfigurableConvFCHead", "FastRCNNSeparableConvFCHead"]
 
 
 @ROI_BOX_HEAD_REGISTRY.register()
-class FastRCNNSeparableConvFCHead(FastRCNNConvFCHead):
+class FastRCNNConfigurableConvFCHead(FastRCNNConvFCHead):
     """
     detectron2's :class:`FastRCNNConvFCHead` (3x3 convs, each followed by norm and ReLU, then
-    fully connected layers with ReLU) whose convs are, by ``conv_type``, DWConv ("dw") or
-    EDWConv ("edw") -- the paper's keypoint-head idea applied to the detection network. With a
-    few narrow convs and one small fc layer it replaces the stock two 1024-wide fc layers,
-    which cost 13.9 GFLOPs on 1,000 proposals at 256 channels (12.8 of them in the first).
-    "vanilla" is the stock head.
+    fully connected layers with ReLU) whose convs are, by ``conv_type``, DWConv ("dw"), EDWConv
+    ("edw") or the stock ones ("vanilla": then it is the stock head) -- the paper's keypoint-head
+    idea applied to the detection network. A few narrow separable convs and one small fc layer
+    replace the stock two 1024-wide fc layers, which cost 13.9 GFLOPs on 1,000 proposals at 256
+    channels (12.8 of them in the first).
 
     Separable convs are initialised like the keypoint head's (per-group Xavier); the stock
     head's MSRA fill takes a depthwise conv's fan-out from the weight shape, d_i times too large.
@@ -60,3 +61,8 @@ class FastRCNNSeparableConvFCHead(FastRCNNConvFCHead):
         ret["conv_type"] = cfg.MODEL.ROI_BOX_HEAD.CONV_TYPE
         ret["expand_factor"] = cfg.MODEL.ROI_BOX_HEAD.EXPAND_FACTOR
         return ret
+
+
+FastRCNNSeparableConvFCHead = compat.register_former_name(
+    ROI_BOX_HEAD_REGISTRY, "FastRCNNSeparableConvFCHead", FastRCNNConfigurableConvFCHead
+)

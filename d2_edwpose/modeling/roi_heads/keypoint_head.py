@@ -8,14 +8,15 @@ from detectron2.modeling.roi_heads.keypoint_head import (
     KRCNNConvDeconvUpsampleHead,
 )
 
+from ... import compat
 from ...layers import conv_class_of_type, xavier_fill
 from .keypoint_decoding import keypoint_rcnn_inference
 
-__all__ = ["KRCNNSeparableConvDeconvUpsampleHead"]
+__all__ = ["KRCNNConfigurableConvDeconvUpsampleHead", "KRCNNSeparableConvDeconvUpsampleHead"]
 
 
 @ROI_KEYPOINT_HEAD_REGISTRY.register()
-class KRCNNSeparableConvDeconvUpsampleHead(KRCNNConvDeconvUpsampleHead):
+class KRCNNConfigurableConvDeconvUpsampleHead(KRCNNConvDeconvUpsampleHead):
     """
     The "Key-points Estimation Network" of the paper (Sec. III-B): detectron2's
     :class:`KRCNNConvDeconvUpsampleHead` (3x3 convs + ReLU, a 4x4 stride-2 transposed conv to
@@ -86,3 +87,10 @@ class KRCNNSeparableConvDeconvUpsampleHead(KRCNNConvDeconvUpsampleHead):
         ret["conv_type"] = cfg.MODEL.ROI_KEYPOINT_HEAD.CONV_TYPE
         ret["expand_factor"] = cfg.MODEL.ROI_KEYPOINT_HEAD.EXPAND_FACTOR
         return ret
+
+
+KRCNNSeparableConvDeconvUpsampleHead = compat.register_former_name(
+    ROI_KEYPOINT_HEAD_REGISTRY,
+    "KRCNNSeparableConvDeconvUpsampleHead",
+    KRCNNConfigurableConvDeconvUpsampleHead,
+)

@@ -19,7 +19,17 @@ from torch import nn
 
 from detectron2.layers import Conv2d
 
-__all__ = ["EDWConv", "DWConv", "conv_class_of_type", "is_valid_expand_factor", "xavier_fill"]
+__all__ = [
+    "CONV_TYPES",
+    "EDWConv",
+    "DWConv",
+    "conv_class_of_type",
+    "is_valid_expand_factor",
+    "xavier_fill",
+]
+
+# The kinds of k x k conv a head can build (its CONV_TYPE): see conv_class_of_type.
+CONV_TYPES = ("vanilla", "dw", "edw")
 
 
 def is_valid_expand_factor(value) -> bool:
@@ -171,25 +181,12 @@ def xavier_fill(module: nn.Module) -> None:
         nn.init.zeros_(module.bias)
 
 
-def conv_class_of_type(conv_type, expand_factor, config_prefix):
+def conv_class_of_type(conv_type, expand_factor):
     """
-    The class building a head's k x k convs by ``<config_prefix>.CONV_TYPE``: detectron2's
-    :class:`Conv2d` ("vanilla"), :class:`DWConv` ("dw") or :class:`EDWConv` with
+    The class of a head's k x k convs for its ``conv_type`` (one of :data:`CONV_TYPES`):
+    detectron2's :class:`Conv2d` ("vanilla"), :class:`DWConv` ("dw") or :class:`EDWConv` with
     ``expand_factor`` ("edw"), all taking ``Conv2d``'s arguments.
-
-    ``expand_factor`` is checked whatever the type, so that a bad config fails at once rather
-    than when the type is switched to "edw". Errors name the config keys under
-    ``config_prefix`` (e.g. ``"MODEL.ROI_KEYPOINT_HEAD"``).
     """
-    classes = {"vanilla": Conv2d, "dw": DWConv, "edw": partial(EDWConv, expand_factor=expand_factor)}
-    if conv_type not in classes:
-        raise ValueError(
-            f"{config_prefix}.CONV_TYPE (conv_type) must be one of "
-            f"{', '.join(map(repr, classes))}; got {conv_type!r}"
-        )
-    if not is_valid_expand_factor(expand_factor):
-        raise ValueError(
-            f"{config_prefix}.EXPAND_FACTOR (expand_factor) must be an integer >= 1; "
-            f"got {expand_factor!r}"
-        )
-    return classes[conv_type]
+    if conv_type == "edw":
+        return partial(EDWConv, expand_factor=expand_factor)
+    return {"vanilla": Conv2d, "dw": DWConv}[conv_type]

@@ -290,11 +290,11 @@ def test_random_initialisation_is_torchvisions():
 @pytest.mark.parametrize(
     "key,value,message",
     [
-        ("MOBILENETV3.ARCH", "medium", "MODEL.MOBILENETV3.ARCH='medium' is not one of 'large', 'small'"),
-        ("BACKBONE.FREEZE_AT", 6, "MODEL.BACKBONE.FREEZE_AT=6 is not an integer in 0 ... 5"),
+        ("MOBILENETV3.ARCH", "medium", "MODEL.MOBILENETV3.ARCH='medium' is invalid: expected 'large' or 'small'"),
+        ("BACKBONE.FREEZE_AT", 6, "MODEL.BACKBONE.FREEZE_AT=6 is invalid: expected an integer from 0 (train everything) to 5"),
         ("BACKBONE.FREEZE_AT", -1, "MODEL.BACKBONE.FREEZE_AT=-1"),
         ("BACKBONE.FREEZE_AT", 1.5, "MODEL.BACKBONE.FREEZE_AT=1.5"),
-        ("MOBILENETV3.WIDTH_MULT", 0.0, "MODEL.MOBILENETV3.WIDTH_MULT=0.0 is not a positive number"),
+        ("MOBILENETV3.WIDTH_MULT", 0.0, "MODEL.MOBILENETV3.WIDTH_MULT=0.0 is invalid: expected a positive number"),
         ("MOBILENETV3.WIDTH_MULT", float("nan"), "MODEL.MOBILENETV3.WIDTH_MULT=nan"),
         ("MOBILENETV3.OUT_FEATURES", ["stage6"], "MODEL.MOBILENETV3.OUT_FEATURES=['stage6']"),
         ("MOBILENETV3.OUT_FEATURES", [], "MODEL.MOBILENETV3.OUT_FEATURES=[]"),
@@ -302,7 +302,7 @@ def test_random_initialisation_is_torchvisions():
     ],
 )  # fmt: skip
 def test_invalid_config(key, value, message):
-    # The builder checks its arguments itself: models built without validate_edwpose_config
+    # The builder runs validate_edwpose_config's checks of its keys: models built without it
     # (build_model, DefaultPredictor) get the same errors.
     cfg = _cfg()
     node, name = key.split(".")

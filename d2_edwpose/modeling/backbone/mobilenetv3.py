@@ -23,7 +23,6 @@ detectron2's ``MODEL.BACKBONE.FREEZE_AT`` = 1 freezes, like ResNet's stem; large
 features[1] (stride 2, no downsampling) opens stage2.
 """
 import math
-from numbers import Real
 
 import torch
 from torch import nn
@@ -33,6 +32,8 @@ from torchvision.ops.misc import Conv2dNormActivation
 from detectron2.layers import FrozenBatchNorm2d, ShapeSpec, get_norm
 from detectron2.modeling.backbone import BACKBONE_REGISTRY, Backbone
 from detectron2.modeling.backbone.fpn import FPN, LastLevelMaxPool
+
+from ...config import check_mobilenetv3_config
 
 __all__ = [
     "MobileNetV3",
@@ -82,13 +83,7 @@ def _norm_layer(norm):
             return FrozenBatchNorm2d(channels, eps=_BN_EPS)
         if norm == "GN":
             return nn.GroupNorm(math.gcd(_GN_GROUPS, channels), channels)
-        try:
-            layer = get_norm(norm, channels)
-        except KeyError:
-            raise ValueError(
-                f"MODEL.MOBILENETV3.NORM={norm!r} is not a norm of detectron2's get_norm "
-                "(e.g. 'FrozenBN', 'BN', 'SyncBN', 'GN', '')"
-            ) from None
+        layer = get_norm(norm, channels)
         if isinstance(layer, nn.modules.batchnorm._BatchNorm):
             layer.eps = _BN_EPS
         return layer
@@ -126,8 +121,8 @@ class MobileNetV3(Backbone):
     """torchvision's MobileNetV3 feature extractor with detectron2's named, strided outputs.
 
     The arguments mirror the keys of ``cfg.MODEL.MOBILENETV3`` (and ``freeze_at``
-    ``MODEL.BACKBONE.FREEZE_AT``), and errors name those keys.
-    See the module docstring for the layout and the outputs.
+    ``MODEL.BACKBONE.FREEZE_AT``); :func:`d2_edwpose.config.check_mobilenetv3_config` checks
+    them. See the module docstring for the layout and the outputs.
     """
 
     def __init__(
@@ -155,29 +150,6 @@ class MobileNetV3(Backbone):
                 ``_GN_GROUPS``); "" none.
         """
         super().__init__()
-        if arch not in ARCHS:
-            raise ValueError(
-                f"MODEL.MOBILENETV3.ARCH={arch!r} is not one of " + ", ".join(map(repr, ARCHS))
-            )
-        if not out_features or not set(out_features) <= set(_OUTPUT_NAMES):
-            raise ValueError(
-                f"MODEL.MOBILENETV3.OUT_FEATURES={list(out_features)!r} must be a non-empty "
-                f"subset of {list(_OUTPUT_NAMES)!r}"
-            )
-        if not (
-            isinstance(freeze_at, int)
-            and not isinstance(freeze_at, bool)
-            and 0 <= freeze_at <= len(_STAGE_NAMES)
-        ):
-            raise ValueError(
-                f"MODEL.BACKBONE.FREEZE_AT={freeze_at!r} is not an integer in "
-                f"0 ... {len(_STAGE_NAMES)}"
-            )
-        if not (isinstance(width_mult, Real) and math.isfinite(width_mult) and width_mult > 0):
-            raise ValueError(
-                f"MODEL.MOBILENETV3.WIDTH_MULT={width_mult!r} is not a positive number"
-            )
-
         layers = _features(arch, width_mult, in_channels, norm)
 
         # A stage ends with its last layer at its stride. Large's features[1] runs at stride 2
@@ -242,6 +214,7 @@ def build_mobilenetv3_backbone(cfg, input_shape: ShapeSpec):
     Returns:
         MobileNetV3: configured by ``cfg.MODEL.MOBILENETV3``.
     """
+    check_mobilenetv3_config(cfg)
     mcfg = cfg.MODEL.MOBILENETV3
     return MobileNetV3(
         mcfg.ARCH,
@@ -260,21 +233,12 @@ def build_mobilenetv3_fpn_backbone(cfg, input_shape: ShapeSpec):
     Returns:
         FPN: with FPN.IN_FEATURES = stage2 ... stage5, outputs p2 ... p6 (strides 4 ... 64).
     """
-    bottom_up = build_mobilenetv3_backbone(cfg, input_shape)
-    in_features = cfg.MODEL.FPN.IN_FEATURES
-    missing = [f for f in in_features if f not in bottom_up.output_shape()]
-    if missing:
-        raise ValueError(
-            f"MODEL.FPN.IN_FEATURES={list(in_features)!r} asks for {missing}, which "
-            f"MODEL.MOBILENETV3.OUT_FEATURES={list(bottom_up.output_shape())!r} does not output"
-        )
-    out_channels = cfg.MODEL.FPN.OUT_CHANNELS
-    backbone = FPN(
-        bottom_up=bottom_up,
-        in_features=in_features,
-        out_channels=out_channels,
+    check_mobilenetv3_config(cfg, fpn=True)
+    return FPN(
+        bottom_up=build_mobilenetv3_backbone(cfg, input_shape),
+        in_features=cfg.MODEL.FPN.IN_FEATURES,
+        out_channels=cfg.MODEL.FPN.OUT_CHANNELS,
         norm=cfg.MODEL.FPN.NORM,
         top_block=LastLevelMaxPool(),
         fuse_type=cfg.MODEL.FPN.FUSE_TYPE,
     )
-    return backbone

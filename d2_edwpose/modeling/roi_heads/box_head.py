@@ -6,6 +6,7 @@ from detectron2.layers import get_norm
 from detectron2.modeling.roi_heads.box_head import ROI_BOX_HEAD_REGISTRY, FastRCNNConvFCHead
 
 from ... import compat
+from ...config import conv_type_arguments
 from ...layers import conv_class_of_type, xavier_fill
 
 __all__ = ["FastRCNNConfigurableConvFCHead", "FastRCNNSeparableConvFCHead"]
@@ -33,7 +34,7 @@ class FastRCNNConfigurableConvFCHead(FastRCNNConvFCHead):
             conv_type (str): "vanilla", "dw" or "edw" (``MODEL.ROI_BOX_HEAD.CONV_TYPE``).
             expand_factor (int >= 1): e of "edw" (``MODEL.ROI_BOX_HEAD.EXPAND_FACTOR``).
         """
-        conv_class = conv_class_of_type(conv_type, expand_factor, "MODEL.ROI_BOX_HEAD")
+        conv_class = conv_class_of_type(conv_type, expand_factor)
         super().__init__(input_shape, conv_dims=conv_dims, fc_dims=fc_dims, conv_norm=conv_norm)
         if conv_type == "vanilla":  # the stock head, MSRA init included
             return
@@ -57,10 +58,7 @@ class FastRCNNConfigurableConvFCHead(FastRCNNConvFCHead):
 
     @classmethod
     def from_config(cls, cfg, input_shape):
-        ret = super().from_config(cfg, input_shape)
-        ret["conv_type"] = cfg.MODEL.ROI_BOX_HEAD.CONV_TYPE
-        ret["expand_factor"] = cfg.MODEL.ROI_BOX_HEAD.EXPAND_FACTOR
-        return ret
+        return {**super().from_config(cfg, input_shape), **conv_type_arguments(cfg, "ROI_BOX_HEAD")}
 
 
 FastRCNNSeparableConvFCHead = compat.register_former_name(

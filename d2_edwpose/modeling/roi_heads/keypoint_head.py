@@ -9,6 +9,7 @@ from detectron2.modeling.roi_heads.keypoint_head import (
 )
 
 from ... import compat
+from ...config import conv_type_arguments
 from ...layers import conv_class_of_type, xavier_fill
 from .keypoint_decoding import keypoint_rcnn_inference
 
@@ -47,11 +48,9 @@ class KRCNNConfigurableConvDeconvUpsampleHead(KRCNNConvDeconvUpsampleHead):
             input_shape, num_keypoints, conv_dims, kwargs: as in
                 :class:`KRCNNConvDeconvUpsampleHead`.
             conv_type (str): "vanilla", "dw" or "edw" (``MODEL.ROI_KEYPOINT_HEAD.CONV_TYPE``).
-            expand_factor (int >= 1): e of "edw" (``MODEL.ROI_KEYPOINT_HEAD.EXPAND_FACTOR``);
-                "vanilla" and "dw" ignore it, but it is checked whatever the type, so that a
-                bad config fails at once rather than when the type is switched to "edw".
+            expand_factor (int >= 1): e of "edw" (``MODEL.ROI_KEYPOINT_HEAD.EXPAND_FACTOR``).
         """
-        conv_class = conv_class_of_type(conv_type, expand_factor, "MODEL.ROI_KEYPOINT_HEAD")
+        conv_class = conv_class_of_type(conv_type, expand_factor)
 
         # KRCNNConvDeconvUpsampleHead.__init__ hard-codes vanilla convs and MSRA init, so it is
         # skipped (letting it build convs to replace them would allocate and initialize ~18M
@@ -83,10 +82,10 @@ class KRCNNConfigurableConvDeconvUpsampleHead(KRCNNConvDeconvUpsampleHead):
 
     @classmethod
     def from_config(cls, cfg, input_shape):
-        ret = super().from_config(cfg, input_shape)
-        ret["conv_type"] = cfg.MODEL.ROI_KEYPOINT_HEAD.CONV_TYPE
-        ret["expand_factor"] = cfg.MODEL.ROI_KEYPOINT_HEAD.EXPAND_FACTOR
-        return ret
+        return {
+            **super().from_config(cfg, input_shape),
+            **conv_type_arguments(cfg, "ROI_KEYPOINT_HEAD"),
+        }
 
 
 KRCNNSeparableConvDeconvUpsampleHead = compat.register_former_name(

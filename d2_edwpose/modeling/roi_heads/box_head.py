@@ -7,7 +7,7 @@ from detectron2.modeling.roi_heads.box_head import ROI_BOX_HEAD_REGISTRY, FastRC
 
 from ... import compat
 from ...config import conv_type_arguments
-from ...layers import conv_class_of_type, xavier_fill
+from ...layers import conv_class_of_type, xavier_fill_convs
 
 __all__ = ["FastRCNNConfigurableConvFCHead", "FastRCNNSeparableConvFCHead"]
 
@@ -22,7 +22,7 @@ class FastRCNNConfigurableConvFCHead(FastRCNNConvFCHead):
     replace the stock two 1024-wide fc layers, which cost 13.9 GFLOPs on 1,000 proposals at 256
     channels (12.8 of them in the first).
 
-    Separable convs are initialised like the keypoint head's (per-group Xavier); the stock
+    Separable convs are initialised like the keypoint head's (per-group Xavier): the stock
     head's MSRA fill takes a depthwise conv's fan-out from the weight shape, d_i times too large.
     """
 
@@ -50,9 +50,7 @@ class FastRCNNConfigurableConvFCHead(FastRCNNConvFCHead):
                 norm=get_norm(conv_norm, stock.out_channels),
                 activation=nn.ReLU(),
             )
-            for module in conv.modules():
-                if isinstance(module, nn.Conv2d):
-                    xavier_fill(module)
+            xavier_fill_convs(conv)
             setattr(self, f"conv{k + 1}", conv)
             self.conv_norm_relus[k] = conv
 

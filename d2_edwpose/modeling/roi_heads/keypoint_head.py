@@ -10,7 +10,7 @@ from detectron2.modeling.roi_heads.keypoint_head import (
 
 from ... import compat
 from ...config import conv_type_arguments
-from ...layers import conv_class_of_type, xavier_fill
+from ...layers import conv_class_of_type, xavier_fill_convs
 from .keypoint_decoding import keypoint_rcnn_inference
 
 __all__ = ["KRCNNConfigurableConvDeconvUpsampleHead", "KRCNNSeparableConvDeconvUpsampleHead"]
@@ -28,15 +28,12 @@ class KRCNNConfigurableConvDeconvUpsampleHead(KRCNNConvDeconvUpsampleHead):
     * ``"dw"``: :class:`DWConv`, a depthwise separable conv;
     * ``"edw"``: :class:`EDWConv` with ``expand_factor`` depthwise filters per input channel.
 
-    Unlike the stock head (MSRA init), every weight is initialized by Xavier's initializer and
-    every bias to 0, as in the paper (Sec. IV-A); "vanilla" is thus the paper's keypoint head,
-    not detectron2's. The paper initializes its RPN and detection network by Xavier too; the
-    paper configs keep detectron2's own RPN and box head, initialization included (normal with
-    std 0.01; ``c2_xavier_fill``, Caffe2's fan-in "XavierFill", for the box head's fc layers),
-    so that the keypoint head is all that differs from detectron2's Keypoint R-CNN on top of
-    the backbone. Losses are the stock ones (:class:`BaseKeypointRCNNHead`); inference gives
-    the stock outputs, decoded by :func:`.keypoint_decoding.heatmaps_to_keypoints`, which skips
-    work of detectron2's decoding whose result it discards.
+    Every weight is initialized by Xavier's initializer and every bias to 0, as in the paper
+    (Sec. IV-A), where the stock head uses MSRA: "vanilla" is the paper's keypoint head, not
+    detectron2's. (The paper configs keep detectron2's RPN and box head, initialization
+    included, so that the keypoint head is all that differs from detectron2's Keypoint R-CNN on
+    top of the backbone.) Losses are the stock ones; inference gives the stock outputs, decoded
+    by :func:`.keypoint_decoding.heatmaps_to_keypoints`.
     """
 
     @configurable
@@ -70,9 +67,7 @@ class KRCNNConfigurableConvDeconvUpsampleHead(KRCNNConvDeconvUpsampleHead):
         )
         self.up_scale = 2.0
 
-        for module in self.modules():
-            if isinstance(module, (nn.Conv2d, nn.ConvTranspose2d)):
-                xavier_fill(module)
+        xavier_fill_convs(self)
 
     def forward(self, x, instances):
         if self.training:

@@ -312,6 +312,26 @@ def test_invalid_config(key, value, message):
     assert message in str(error.value)
 
 
+def test_fpn_inputs_must_be_outputs():
+    cfg = _cfg(OUT_FEATURES=["stage3", "stage4", "stage5"])
+    with pytest.raises(ValueError, match=r"MODEL\.FPN\.IN_FEATURES=\['stage2', .* is invalid"):
+        build_backbone(cfg)
+    cfg.MODEL.FPN.IN_FEATURES = ["stage3", "stage4", "stage5"]
+    assert set(build_backbone(cfg).output_shape()) == {"p3", "p4", "p5", "p6"}
+
+
+@pytest.mark.parametrize("norm", ["FrozenBN", ""])
+def test_other_input_channels(norm):
+    backbone = BACKBONE_REGISTRY.get("build_mobilenetv3_backbone")(
+        _cfg("small", norm=norm), ShapeSpec(channels=1)
+    )
+    stem = backbone.features[0][0]
+    assert stem.weight.shape == (16, 1, 3, 3) and (stem.bias is None) == bool(norm)
+    with torch.no_grad():
+        outputs = backbone(torch.randn(1, 1, 64, 64))
+    assert outputs["stage5"].shape == (1, 576, 2, 2)
+
+
 def test_converter_accepts_wrapped_state_dicts():
     state_dict = torchvision.models.mobilenet_v3_small(weights=None).state_dict()
     converted = convert_torchvision_mobilenetv3(state_dict)

@@ -93,27 +93,33 @@ def _norm_layer(norm):
 
 def _features(arch, width_mult, in_channels, norm):
     """torchvision's ``mobilenet_v3_<arch>(width_mult=...).features`` on ``in_channels`` inputs,
-    with ``norm`` and torchvision's random initialisation."""
-    features = ARCHS[arch](weights=None, width_mult=width_mult, norm_layer=_norm_layer(norm))
-    features = features.features
-    if in_channels != 3:  # torchvision's stem takes RGB
-        stem = features[0][0]
-        features[0][0] = nn.Conv2d(
-            in_channels,
-            stem.out_channels,
-            stem.kernel_size,
-            stride=stem.stride,
-            padding=stem.padding,
-            bias=False,
-        )
-        nn.init.kaiming_normal_(features[0][0].weight, mode="fan_out")
-    if not norm:
-        # Without a norm, torchvision's convolutions have a bias: as torchvision would build
-        # them given no norm_layer, the Identity goes and the convolution gets a (zero) bias.
-        blocks = [m for m in features.modules() if isinstance(m, Conv2dNormActivation)]
-        for block in blocks:
-            del block[1]
-            block[0].bias = nn.Parameter(torch.zeros(block[0].out_channels))
+    with ``norm``; :meth:`MobileNetV3._init_weights` initialises it."""
+    # The builder also makes (and initialises) the ImageNet classifier, which is dropped: its
+    # random draws are undone, so that a seed gives the weights of building the features alone.
+    with torch.random.fork_rng(devices=[]):
+        network = ARCHS[arch](weights=None, width_mult=width_mult, norm_layer=_norm_layer(norm))
+        features = network.features
+        if in_channels != 3:  # torchvision's stem takes RGB
+            stem = features[0][0]
+            features[0][0] = nn.Conv2d(
+                in_channels,
+                stem.out_channels,
+                stem.kernel_size,
+                stride=stem.stride,
+                padding=stem.padding,
+                bias=False,
+            )
+        if not norm:
+            # Without a norm, torchvision's convolutions have a bias: as torchvision would build
+            # them given no norm_layer, the Identity goes and the convolution gets a bias.
+            blocks = [m for m in features.modules() if isinstance(m, Conv2dNormActivation)]
+            for block in blocks:
+                del block[1]
+                block[0].bias = nn.Parameter(torch.empty(block[0].out_channels))
+    # The draws of building the convolutions, in the order they are built.
+    for module in features.modules():
+        if isinstance(module, nn.Conv2d):
+            module.reset_parameters()
     return features
 
 
@@ -172,7 +178,19 @@ class MobileNetV3(Backbone):
         self._out_feature_strides = {name: _STAGE_STRIDES[name] for name in self._out_features}
         self._return_at = {self._stage_ends[name]: name for name in self._out_features}
 
+        self._init_weights()
         self.freeze(freeze_at)
+
+    def _init_weights(self):
+        # torchvision's MobileNetV3 initialisation, for training from scratch.
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out")
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
+            elif isinstance(m, (nn.modules.batchnorm._BatchNorm, nn.GroupNorm)):
+                nn.init.ones_(m.weight)
+                nn.init.zeros_(m.bias)
 
     def freeze(self, freeze_at=0):
         """Freeze the stem (``freeze_at`` >= 1) and stage2 ... stage<freeze_at>.

@@ -19,7 +19,18 @@ from torch import nn
 
 from detectron2.layers import Conv2d
 
-__all__ = ["EDWConv", "DWConv", "conv_class_of_type", "is_valid_expand_factor", "xavier_fill"]
+__all__ = [
+    "CONV_TYPES",
+    "EDWConv",
+    "DWConv",
+    "conv_class_of_type",
+    "is_valid_expand_factor",
+    "xavier_fill",
+    "xavier_fill_convs",
+]
+
+# The kinds of k x k conv a head can build (its CONV_TYPE): see conv_class_of_type.
+CONV_TYPES = ("vanilla", "dw", "edw")
 
 
 def is_valid_expand_factor(value) -> bool:
@@ -34,21 +45,16 @@ class EDWConv(nn.Module):
     channels (``depthwise``: d_i -> e * d_i channels, groups = d_i), then a 1x1 pointwise conv
     mixing the channels (``pointwise``: e * d_i -> d_j).
 
-    For an h x w output (i.e. h x w input at stride 1) it costs
-    ``h * w * e * d_i * (k^2 + d_j)`` multiply-adds: ``h * w * e * d_i * k^2`` for the depthwise
-    conv and ``h * w * e * d_i * d_j`` for the pointwise one. The paper prints the last factor as
-    ``(k^2 + d_i)``; the pointwise conv maps e * d_i channels to d_j, so it is ``(k^2 + d_j)``.
-    That is ``k^2 * d_j / (e * (k^2 + d_j))`` times cheaper than a vanilla k x k conv.
+    It costs ``h * w * e * d_i * (k^2 + d_j)`` multiply-adds for an h x w output, ``k^2 * d_j /
+    (e * (k^2 + d_j))`` times a vanilla conv's. (The paper prints ``(k^2 + d_i)``: the pointwise
+    conv maps e * d_i channels to d_j.)
 
-    There is no normalization or nonlinearity between the two convs, as in Xception (Chollet,
-    CVPR 2017, Sec. 4.7): there it made separable convs converge faster and end better than
-    ReLU (or ELU) in between, plausibly because a depthwise filter sees a single channel, too
-    thin a feature space for a nonlinearity not to lose information. The composition is thus
-    linear, which also makes a depthwise bias redundant (the pointwise conv maps it to a
-    constant, which its own bias already is): ``depthwise`` has none and ``bias`` is the
-    pointwise conv's. ``norm`` and ``activation`` are those of ``pointwise`` (a detectron2
-    :class:`Conv2d`), so they run after it, in that order: ``DWConv(..., activation=F.relu)``
-    is a drop-in replacement for ``Conv2d(..., activation=F.relu)``, empty inputs included.
+    Nothing runs between the two convs, as in Xception (Chollet, CVPR 2017, Sec. 4.7), where a
+    nonlinearity there made separable convs train worse. The composition is thus linear, so a
+    depthwise bias would be redundant with the pointwise one: ``depthwise`` has none. ``bias``,
+    ``norm`` and ``activation`` are those of ``pointwise`` (a detectron2 :class:`Conv2d`), which
+    makes ``DWConv(..., activation=F.relu)`` a drop-in replacement for ``Conv2d(...,
+    activation=F.relu)``, empty inputs included.
     """
 
     def __init__(
@@ -71,18 +77,10 @@ class EDWConv(nn.Module):
             kernel_size, stride, padding, dilation: of the depthwise conv, as in
                 :class:`torch.nn.Conv2d`; the pointwise conv is 1x1 with stride 1.
             expand_factor (int >= 1): e, the depthwise filters per input channel; 1 is
-                :class:`DWConv`. The project's default, ``MODEL.ROI_KEYPOINT_HEAD.EXPAND_FACTOR
-                = 2``, is the smallest e that expands anything. The paper does not state its
-                e, but its EDWConv head cost 0.3 ms over its DWConv head (25.2 -> 25.0 FPS)
-                where the DWConv head saved 44 ms over the vanilla one (11.9 -> 25.2 FPS).
-                With the stock 8 x 512 head, 8.8x the flops of DWConv's, time following
-                flops would give e ~ 1.06: its GPU time clearly does not follow flops, and
-                all the figure says is that e is small. On a CPU, where time does follow
-                flops, each unit of e costs a DWConv head's flops again (e = 2: still ~4.4x
-                fewer than vanilla).
-            bias (bool): whether the pointwise conv has a bias (see above).
-            norm (nn.Module or None): normalization applied to the pointwise conv's output,
-                e.g. built by :func:`detectron2.layers.get_norm` for ``out_channels``.
+                :class:`DWConv`.
+            bias (bool): whether the pointwise conv has a bias.
+            norm (nn.Module or None): normalization of the pointwise conv's output, e.g.
+                built by :func:`detectron2.layers.get_norm` for ``out_channels``.
             activation (callable(Tensor) -> Tensor or None): applied after ``norm``.
         """
         super().__init__()
@@ -110,40 +108,13 @@ class EDWConv(nn.Module):
 class DWConv(EDWConv):
     """
     Depthwise separable convolution (DWConv, Sec. III-A.1 and Table I of the paper): a k x k
-    depthwise conv with one filter per input channel (``depthwise``: d_i -> d_i channels,
-    groups = d_i), then a 1x1 pointwise conv (``pointwise``: d_i -> d_j). It is
-    :class:`EDWConv` with ``expand_factor=1``; see there for ``norm``, ``activation``, ``bias``.
-
-    For an h x w output it costs ``h * w * d_i * (k^2 + d_j)`` multiply-adds:
-    ``h * w * d_i * k^2`` for the depthwise conv and ``h * w * d_i * d_j`` for the pointwise one,
-    ``k^2 * d_j / (k^2 + d_j)`` times cheaper than a vanilla k x k conv.
+    depthwise conv with one filter per input channel, then a 1x1 pointwise conv, i.e.
+    :class:`EDWConv` with ``expand_factor=1`` and its other arguments. It costs
+    ``h * w * d_i * (k^2 + d_j)`` multiply-adds for an h x w output.
     """
 
-    def __init__(
-        self,
-        in_channels: int,
-        out_channels: int,
-        kernel_size,
-        stride=1,
-        padding=0,
-        dilation=1,
-        *,
-        bias: bool = True,
-        norm=None,
-        activation=None,
-    ):
-        super().__init__(
-            in_channels,
-            out_channels,
-            kernel_size,
-            stride=stride,
-            padding=padding,
-            dilation=dilation,
-            expand_factor=1,
-            bias=bias,
-            norm=norm,
-            activation=activation,
-        )
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, expand_factor=1, **kwargs)
 
 
 def xavier_fill(module: nn.Module) -> None:
@@ -152,17 +123,15 @@ def xavier_fill(module: nn.Module) -> None:
     AISTATS 2010) uniform initializer, U(-a, a) with a = sqrt(6 / (fan_in + fan_out)), and its
     bias to 0.
 
-    :func:`torch.nn.init.xavier_uniform_` takes the fans from the weight's shape, which for a
-    grouped conv counts every group's outputs as fan-out: d_i times too many for a depthwise
-    conv, whose weights would come out ~sqrt(d_i / 2) times too small (16x for d_i = 512), and a
-    stack of them would all but zero the signal. Here the fans are per group: each output sums
-    (in_channels / groups) * k^2 inputs and each input feeds (out_channels / groups) * k^2
-    outputs (for a transposed conv the two are swapped, which leaves their sum unchanged).
-
+    The fans are per group: :func:`torch.nn.init.xavier_uniform_` takes them from the weight's
+    shape, which for a depthwise conv counts d_i times too large a fan-out (weights ~sqrt(d_i /
+    2) times too small, which a stack of them compounds until the signal all but vanishes).
     This is Glorot's initializer, not detectron2/fvcore's ``c2_xavier_fill`` (Caffe2's
-    "XavierFill", which scales by fan-in only and is in fact a He-style init).
+    "XavierFill", which scales by fan-in only).
     """
     receptive_field = math.prod(module.kernel_size)
+    # Each output sums (in_channels / groups) * k^2 inputs and each input feeds
+    # (out_channels / groups) * k^2 outputs; a transposed conv swaps the two, not their sum.
     fan_in = module.in_channels // module.groups * receptive_field
     fan_out = module.out_channels // module.groups * receptive_field
     bound = math.sqrt(6.0 / (fan_in + fan_out))
@@ -171,25 +140,19 @@ def xavier_fill(module: nn.Module) -> None:
         nn.init.zeros_(module.bias)
 
 
-def conv_class_of_type(conv_type, expand_factor, config_prefix):
-    """
-    The class building a head's k x k convs by ``<config_prefix>.CONV_TYPE``: detectron2's
-    :class:`Conv2d` ("vanilla"), :class:`DWConv` ("dw") or :class:`EDWConv` with
-    ``expand_factor`` ("edw"), all taking ``Conv2d``'s arguments.
+def xavier_fill_convs(module: nn.Module) -> None:
+    """:func:`xavier_fill` every conv and transposed conv of ``module``."""
+    for submodule in module.modules():
+        if isinstance(submodule, (nn.Conv2d, nn.ConvTranspose2d)):
+            xavier_fill(submodule)
 
-    ``expand_factor`` is checked whatever the type, so that a bad config fails at once rather
-    than when the type is switched to "edw". Errors name the config keys under
-    ``config_prefix`` (e.g. ``"MODEL.ROI_KEYPOINT_HEAD"``).
+
+def conv_class_of_type(conv_type, expand_factor):
     """
-    classes = {"vanilla": Conv2d, "dw": DWConv, "edw": partial(EDWConv, expand_factor=expand_factor)}
-    if conv_type not in classes:
-        raise ValueError(
-            f"{config_prefix}.CONV_TYPE (conv_type) must be one of "
-            f"{', '.join(map(repr, classes))}; got {conv_type!r}"
-        )
-    if not is_valid_expand_factor(expand_factor):
-        raise ValueError(
-            f"{config_prefix}.EXPAND_FACTOR (expand_factor) must be an integer >= 1; "
-            f"got {expand_factor!r}"
-        )
-    return classes[conv_type]
+    The class of a head's k x k convs for its ``conv_type`` (one of :data:`CONV_TYPES`):
+    detectron2's :class:`Conv2d` ("vanilla"), :class:`DWConv` ("dw") or :class:`EDWConv` with
+    ``expand_factor`` ("edw"), all taking ``Conv2d``'s arguments.
+    """
+    if conv_type == "edw":
+        return partial(EDWConv, expand_factor=expand_factor)
+    return {"vanilla": Conv2d, "dw": DWConv}[conv_type]

@@ -10,7 +10,7 @@ from detectron2.utils.events import EventStorage
 
 from d2_edwpose import add_edwpose_config
 from d2_edwpose.layers import DWConv, EDWConv
-from d2_edwpose.modeling.roi_heads import FastRCNNSeparableConvFCHead
+from d2_edwpose.modeling.roi_heads import FastRCNNConfigurableConvFCHead
 from d2_edwpose.tools.analyze_model import REALTIME_CONFIG, analyze, load_config
 
 from test_model import non_square_input
@@ -21,7 +21,7 @@ ROI_SHAPE = ShapeSpec(channels=128, height=7, width=7)
 def box_cfg(conv_type, expand_factor=2, num_conv=2, conv_dim=64, num_fc=1, fc_dim=256):
     cfg = get_cfg()
     add_edwpose_config(cfg)
-    cfg.MODEL.ROI_BOX_HEAD.NAME = "FastRCNNSeparableConvFCHead"
+    cfg.MODEL.ROI_BOX_HEAD.NAME = "FastRCNNConfigurableConvFCHead"
     cfg.MODEL.ROI_BOX_HEAD.CONV_TYPE = conv_type
     cfg.MODEL.ROI_BOX_HEAD.EXPAND_FACTOR = expand_factor
     cfg.MODEL.ROI_BOX_HEAD.NUM_CONV = num_conv
@@ -38,7 +38,7 @@ def num_parameters(module):
 @pytest.mark.parametrize("conv_type, expand_factor", [("dw", 1), ("edw", 2), ("edw", 3)])
 def test_separable_convs_replace_the_stock_convs(conv_type, expand_factor):
     head = build_box_head(box_cfg(conv_type, expand_factor), ROI_SHAPE)
-    assert isinstance(head, FastRCNNSeparableConvFCHead)
+    assert isinstance(head, FastRCNNConfigurableConvFCHead)
     conv_class = DWConv if conv_type == "dw" else EDWConv
     assert [type(m) for m in head.conv_norm_relus] == [conv_class, conv_class]
     assert list(dict(head.named_children())) == ["conv1", "conv2", "flatten", "fc1", "fc_relu1"]
@@ -50,6 +50,18 @@ def test_separable_convs_replace_the_stock_convs(conv_type, expand_factor):
     assert head(x).shape == (6, 256) and head.output_shape.channels == 256
     assert (head(x) >= 0).all()  # ends with the fc ReLU
     assert head(torch.zeros(0, 128, 7, 7)).shape == (0, 256)
+
+
+def test_former_name_builds_the_same_head():
+    # Configs written before the rename name FastRCNNSeparableConvFCHead.
+    from d2_edwpose.modeling.roi_heads import FastRCNNSeparableConvFCHead
+
+    assert FastRCNNSeparableConvFCHead is FastRCNNConfigurableConvFCHead
+    cfg = box_cfg("dw")
+    cfg.MODEL.ROI_BOX_HEAD.NAME = "FastRCNNSeparableConvFCHead"
+    head = build_box_head(cfg, ROI_SHAPE)
+    assert type(head) is FastRCNNConfigurableConvFCHead
+    assert [type(m) for m in head.conv_norm_relus] == [DWConv, DWConv]
 
 
 def test_vanilla_is_the_stock_head():

@@ -290,11 +290,11 @@ def test_random_initialisation_is_torchvisions():
 @pytest.mark.parametrize(
     "key,value,message",
     [
-        ("MOBILENETV3.ARCH", "medium", "MODEL.MOBILENETV3.ARCH='medium' is not one of 'large', 'small'"),
-        ("BACKBONE.FREEZE_AT", 6, "MODEL.BACKBONE.FREEZE_AT=6 is not an integer in 0 ... 5"),
+        ("MOBILENETV3.ARCH", "medium", "MODEL.MOBILENETV3.ARCH='medium' is invalid: expected 'large' or 'small'"),
+        ("BACKBONE.FREEZE_AT", 6, "MODEL.BACKBONE.FREEZE_AT=6 is invalid: expected an integer from 0 (train everything) to 5"),
         ("BACKBONE.FREEZE_AT", -1, "MODEL.BACKBONE.FREEZE_AT=-1"),
         ("BACKBONE.FREEZE_AT", 1.5, "MODEL.BACKBONE.FREEZE_AT=1.5"),
-        ("MOBILENETV3.WIDTH_MULT", 0.0, "MODEL.MOBILENETV3.WIDTH_MULT=0.0 is not a positive number"),
+        ("MOBILENETV3.WIDTH_MULT", 0.0, "MODEL.MOBILENETV3.WIDTH_MULT=0.0 is invalid: expected a positive number"),
         ("MOBILENETV3.WIDTH_MULT", float("nan"), "MODEL.MOBILENETV3.WIDTH_MULT=nan"),
         ("MOBILENETV3.OUT_FEATURES", ["stage6"], "MODEL.MOBILENETV3.OUT_FEATURES=['stage6']"),
         ("MOBILENETV3.OUT_FEATURES", [], "MODEL.MOBILENETV3.OUT_FEATURES=[]"),
@@ -302,7 +302,7 @@ def test_random_initialisation_is_torchvisions():
     ],
 )  # fmt: skip
 def test_invalid_config(key, value, message):
-    # The builder checks its arguments itself: models built without validate_edwpose_config
+    # The builder runs validate_edwpose_config's checks of its keys: models built without it
     # (build_model, DefaultPredictor) get the same errors.
     cfg = _cfg()
     node, name = key.split(".")
@@ -310,6 +310,26 @@ def test_invalid_config(key, value, message):
     with pytest.raises(ValueError) as error:
         _bottom_up(cfg)
     assert message in str(error.value)
+
+
+def test_fpn_inputs_must_be_outputs():
+    cfg = _cfg(OUT_FEATURES=["stage3", "stage4", "stage5"])
+    with pytest.raises(ValueError, match=r"MODEL\.FPN\.IN_FEATURES=\['stage2', .* is invalid"):
+        build_backbone(cfg)
+    cfg.MODEL.FPN.IN_FEATURES = ["stage3", "stage4", "stage5"]
+    assert set(build_backbone(cfg).output_shape()) == {"p3", "p4", "p5", "p6"}
+
+
+@pytest.mark.parametrize("norm", ["FrozenBN", ""])
+def test_other_input_channels(norm):
+    backbone = BACKBONE_REGISTRY.get("build_mobilenetv3_backbone")(
+        _cfg("small", norm=norm), ShapeSpec(channels=1)
+    )
+    stem = backbone.features[0][0]
+    assert stem.weight.shape == (16, 1, 3, 3) and (stem.bias is None) == bool(norm)
+    with torch.no_grad():
+        outputs = backbone(torch.randn(1, 1, 64, 64))
+    assert outputs["stage5"].shape == (1, 576, 2, 2)
 
 
 def test_converter_accepts_wrapped_state_dicts():

@@ -8,6 +8,8 @@ from detectron2.config import configurable
 from detectron2.modeling import META_ARCH_REGISTRY, GeneralizedRCNN
 from detectron2.structures import Boxes, Instances, Keypoints
 
+from ..config import check_fixed_size_config
+
 __all__ = ["FixedInputSizeRCNN", "resize_to_fixed_size"]
 
 # Instance fields that are not geometric and so survive a resize unchanged.
@@ -65,15 +67,11 @@ class FixedInputSizeRCNN(GeneralizedRCNN):
             kwargs: arguments of :class:`GeneralizedRCNN`.
         """
         super().__init__(**kwargs)
-        if len(input_size) != 2 or any(int(s) != s or s <= 0 for s in input_size):
-            raise ValueError(
-                f"INPUT.FIXED_SIZE={tuple(input_size)!r} must be two positive integers "
-                "(height, width)"
-            )
         self.input_size = (int(input_size[0]), int(input_size[1]))
 
     @classmethod
     def from_config(cls, cfg):
+        check_fixed_size_config(cfg)
         args = super().from_config(cfg)
         args["input_size"] = tuple(cfg.INPUT.FIXED_SIZE)
         return args

@@ -23,6 +23,7 @@ from detectron2.config import get_cfg
 from detectron2.modeling import build_model
 
 from d2_edwpose import add_edwpose_config
+from d2_edwpose.config import validate_edwpose_config
 
 CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
 PAPER_CONFIGS = [CONFIG_DIR / f"keypoint_rcnn_mv3_fpn_320_{t}.yaml" for t in ("vanilla", "dw", "edw")]
@@ -37,6 +38,7 @@ def load_config(config_file, fixed_size=(320, 320)):
     cfg.MODEL.DEVICE = "cpu"
     cfg.MODEL.WEIGHTS = ""
     cfg.INPUT.FIXED_SIZE = fixed_size
+    validate_edwpose_config(cfg)
     return cfg
 
 

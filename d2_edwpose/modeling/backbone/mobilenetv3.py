@@ -1,10 +1,9 @@
-"""MobileNetV3 (:paper:`MobileNetV3`) as a detectron2 backbone, layer for layer torchvision's.
+"""MobileNetV3 (:paper:`MobileNetV3`) as a detectron2 backbone: torchvision's, with named outputs.
 
-The network is built from torchvision's own blocks (``InvertedResidual``,
-``Conv2dNormActivation``, squeeze-excitation with hard-sigmoid) and kept in an
-``nn.Sequential`` called ``features`` with torchvision's indices, so that its state-dict keys
-are exactly those of torchvision's ``mobilenet_v3_large`` / ``mobilenet_v3_small`` without
-the classifier: ``features.<i>.<...>`` here is ``features.<i>.<...>`` there.
+The network is the ``features`` of torchvision's ``mobilenet_v3_large`` / ``mobilenet_v3_small``
+(built by those functions, without weights), so that its state-dict keys are torchvision's
+without the classifier: ``features.<i>.<...>`` here is ``features.<i>.<...>`` there, and
+torchvision's ImageNet weights load once renamed (:mod:`d2_edwpose.checkpoint`).
 
 Outputs are named by stride, after the last layer at that stride. With torchvision's indices:
 
@@ -24,15 +23,17 @@ detectron2's ``MODEL.BACKBONE.FREEZE_AT`` = 1 freezes, like ResNet's stem; large
 features[1] (stride 2, no downsampling) opens stage2.
 """
 import math
-from numbers import Real
 
+import torch
 from torch import nn
-from torchvision.models.mobilenetv3 import InvertedResidual, InvertedResidualConfig
+from torchvision.models import mobilenet_v3_large, mobilenet_v3_small
 from torchvision.ops.misc import Conv2dNormActivation
 
 from detectron2.layers import FrozenBatchNorm2d, ShapeSpec, get_norm
 from detectron2.modeling.backbone import BACKBONE_REGISTRY, Backbone
 from detectron2.modeling.backbone.fpn import FPN, LastLevelMaxPool
+
+from ...config import check_mobilenetv3_config
 
 __all__ = [
     "MobileNetV3",
@@ -45,42 +46,8 @@ __all__ = [
 # The MODEL.BACKBONE.NAME values of this module's builders.
 BACKBONE_NAMES = ("build_mobilenetv3_backbone", "build_mobilenetv3_fpn_backbone")
 
-# Tables 1 and 2 of the paper, as in torchvision's _mobilenet_v3_conf. One row per inverted
-# residual block, features[1], features[2], ...:
-# (input channels, kernel, expanded channels, output channels, squeeze-excitation,
-#  activation ("RE": ReLU, "HS": hard-swish), stride), all channels before width_mult.
-ARCHS = {
-    "large": (
-        (16, 3, 16, 16, False, "RE", 1),
-        (16, 3, 64, 24, False, "RE", 2),
-        (24, 3, 72, 24, False, "RE", 1),
-        (24, 5, 72, 40, True, "RE", 2),
-        (40, 5, 120, 40, True, "RE", 1),
-        (40, 5, 120, 40, True, "RE", 1),
-        (40, 3, 240, 80, False, "HS", 2),
-        (80, 3, 200, 80, False, "HS", 1),
-        (80, 3, 184, 80, False, "HS", 1),
-        (80, 3, 184, 80, False, "HS", 1),
-        (80, 3, 480, 112, True, "HS", 1),
-        (112, 3, 672, 112, True, "HS", 1),
-        (112, 5, 672, 160, True, "HS", 2),
-        (160, 5, 960, 160, True, "HS", 1),
-        (160, 5, 960, 160, True, "HS", 1),
-    ),
-    "small": (
-        (16, 3, 16, 16, True, "RE", 2),
-        (16, 3, 72, 24, False, "RE", 2),
-        (24, 3, 88, 24, False, "RE", 1),
-        (24, 5, 96, 40, True, "HS", 2),
-        (40, 5, 240, 40, True, "HS", 1),
-        (40, 5, 240, 40, True, "HS", 1),
-        (40, 5, 120, 48, True, "HS", 1),
-        (48, 5, 144, 48, True, "HS", 1),
-        (48, 5, 288, 96, True, "HS", 2),
-        (96, 5, 576, 96, True, "HS", 1),
-        (96, 5, 576, 96, True, "HS", 1),
-    ),
-}
+# MODEL.MOBILENETV3.ARCH -> torchvision's builder of that network.
+ARCHS = {"large": mobilenet_v3_large, "small": mobilenet_v3_small}
 
 # The stem, then the outputs, by stride. FREEZE_AT = k freezes the first k of these.
 _STAGE_STRIDES = {"stem": 2, "stage2": 4, "stage3": 8, "stage4": 16, "stage5": 32}
@@ -101,27 +68,22 @@ _GN_GROUPS = 32
 
 
 def _norm_layer(norm):
-    """The ``norm_layer`` callable for torchvision's blocks: channels -> norm module.
+    """The ``norm_layer`` of torchvision's MobileNetV3 for ``norm``: channels -> norm module.
 
-    None when ``norm`` is "": torchvision's blocks then give the convolutions a bias.
+    "" gives ``nn.Identity``, which :func:`_features` then removes (torchvision's MobileNetV3
+    replaces a ``norm_layer`` of None by its own BatchNorm).
     """
-    if not norm:
-        return None
 
     def make(channels):
+        if not norm:
+            return nn.Identity()
         if norm == "FrozenBN":
             # Built here rather than by get_norm: its identity initialisation,
             # running_var = 1 - eps, depends on eps.
             return FrozenBatchNorm2d(channels, eps=_BN_EPS)
         if norm == "GN":
             return nn.GroupNorm(math.gcd(_GN_GROUPS, channels), channels)
-        try:
-            layer = get_norm(norm, channels)
-        except KeyError:
-            raise ValueError(
-                f"MODEL.MOBILENETV3.NORM={norm!r} is not a norm of detectron2's get_norm "
-                "(e.g. 'FrozenBN', 'BN', 'SyncBN', 'GN', '')"
-            ) from None
+        layer = get_norm(norm, channels)
         if isinstance(layer, nn.modules.batchnorm._BatchNorm):
             layer.eps = _BN_EPS
         return layer
@@ -129,12 +91,44 @@ def _norm_layer(norm):
     return make
 
 
+def _features(arch, width_mult, in_channels, norm):
+    """torchvision's ``mobilenet_v3_<arch>(width_mult=...).features`` on ``in_channels`` inputs,
+    with ``norm``; :meth:`MobileNetV3._init_weights` initialises it."""
+    # The builder also makes (and initialises) the ImageNet classifier, which is dropped: its
+    # random draws are undone, so that a seed gives the weights of building the features alone.
+    with torch.random.fork_rng(devices=[]):
+        network = ARCHS[arch](weights=None, width_mult=width_mult, norm_layer=_norm_layer(norm))
+        features = network.features
+        if in_channels != 3:  # torchvision's stem takes RGB
+            stem = features[0][0]
+            features[0][0] = nn.Conv2d(
+                in_channels,
+                stem.out_channels,
+                stem.kernel_size,
+                stride=stem.stride,
+                padding=stem.padding,
+                bias=False,
+            )
+        if not norm:
+            # Without a norm, torchvision's convolutions have a bias: as torchvision would build
+            # them given no norm_layer, the Identity goes and the convolution gets a bias.
+            blocks = [m for m in features.modules() if isinstance(m, Conv2dNormActivation)]
+            for block in blocks:
+                del block[1]
+                block[0].bias = nn.Parameter(torch.empty(block[0].out_channels))
+    # The draws of building the convolutions, in the order they are built.
+    for module in features.modules():
+        if isinstance(module, nn.Conv2d):
+            module.reset_parameters()
+    return features
+
+
 class MobileNetV3(Backbone):
     """torchvision's MobileNetV3 feature extractor with detectron2's named, strided outputs.
 
     The arguments mirror the keys of ``cfg.MODEL.MOBILENETV3`` (and ``freeze_at``
-    ``MODEL.BACKBONE.FREEZE_AT``), and errors name those keys.
-    See the module docstring for the layout and the outputs.
+    ``MODEL.BACKBONE.FREEZE_AT``); :func:`d2_edwpose.config.check_mobilenetv3_config` checks
+    them. See the module docstring for the layout and the outputs.
     """
 
     def __init__(
@@ -153,81 +147,30 @@ class MobileNetV3(Backbone):
             width_mult (float): channel multiplier, rounded as torchvision does.
             in_channels (int): channels of the input image.
             out_features (list[str]): outputs to return, from "stage2" ... "stage5". Layers
-                after the last of them are not built.
+                after the last of them are not kept.
             freeze_at (int): 0 trains everything, 1 freezes the stem, k >= 2 the stem and
                 stage2 ... stage<k> (detectron2's ``MODEL.BACKBONE.FREEZE_AT``); see
                 :meth:`freeze`.
             norm (str): a norm of detectron2's ``get_norm``, with torchvision's BatchNorm eps
                 and PyTorch's momentum (see ``_BN_EPS``); "GN" uses at most 32 groups (see
-                ``_GN_GROUPS``).
+                ``_GN_GROUPS``); "" none.
         """
         super().__init__()
-        if arch not in ARCHS:
-            raise ValueError(
-                f"MODEL.MOBILENETV3.ARCH={arch!r} is not one of "
-                + ", ".join(map(repr, ARCHS))
-            )
-        if not out_features or not set(out_features) <= set(_OUTPUT_NAMES):
-            raise ValueError(
-                f"MODEL.MOBILENETV3.OUT_FEATURES={list(out_features)!r} must be a non-empty "
-                f"subset of {list(_OUTPUT_NAMES)!r}"
-            )
-        if not (
-            isinstance(freeze_at, int)
-            and not isinstance(freeze_at, bool)
-            and 0 <= freeze_at <= len(_STAGE_NAMES)
-        ):
-            raise ValueError(
-                f"MODEL.BACKBONE.FREEZE_AT={freeze_at!r} is not an integer in "
-                f"0 ... {len(_STAGE_NAMES)}"
-            )
-        if not (
-            isinstance(width_mult, Real) and math.isfinite(width_mult) and width_mult > 0
-        ):
-            raise ValueError(
-                f"MODEL.MOBILENETV3.WIDTH_MULT={width_mult!r} is not a positive number"
-            )
-
-        blocks = [
-            InvertedResidualConfig(*row, dilation=1, width_mult=width_mult)
-            for row in ARCHS[arch]
-        ]
-        norm_layer = _norm_layer(norm)
-        # torchvision's MobileNetV3.features: stem, inverted residual blocks, last 1x1 conv.
-        layers = [
-            Conv2dNormActivation(
-                in_channels,
-                blocks[0].input_channels,
-                kernel_size=3,
-                stride=2,
-                norm_layer=norm_layer,
-                activation_layer=nn.Hardswish,
-            )
-        ]
-        layers += [InvertedResidual(cnf, norm_layer) for cnf in blocks]
-        layers.append(
-            Conv2dNormActivation(
-                blocks[-1].out_channels,
-                6 * blocks[-1].out_channels,
-                kernel_size=1,
-                norm_layer=norm_layer,
-                activation_layer=nn.Hardswish,
-            )
-        )
+        layers = _features(arch, width_mult, in_channels, norm)
 
         # A stage ends with its last layer at its stride. Large's features[1] runs at stride 2
         # without downsampling (small's downsamples to 4): it opens stage2 in both.
         self._stage_ends = {"stem": 0}
         stride = _STAGE_STRIDES["stem"]
-        for index, layer_stride in enumerate([cnf.stride for cnf in blocks] + [1], start=1):
-            stride *= layer_stride
+        for index, layer in enumerate(layers[1:], start=1):
+            stride *= max(m.stride[0] for m in layer.modules() if isinstance(m, nn.Conv2d))
             self._stage_ends[_STAGE_AT_STRIDE[max(stride, _STAGE_STRIDES["stage2"])]] = index
 
         # Like detectron2's ResNet, leave out layers no output needs: unused parameters break
         # DistributedDataParallel.
         self._out_features = [name for name in _OUTPUT_NAMES if name in out_features]
         last = self._stage_ends[self._out_features[-1]]
-        self.features = nn.Sequential(*layers[: last + 1])
+        self.features = layers[: last + 1]
 
         self._out_feature_channels = {
             name: layers[self._stage_ends[name]].out_channels for name in self._out_features
@@ -289,6 +232,7 @@ def build_mobilenetv3_backbone(cfg, input_shape: ShapeSpec):
     Returns:
         MobileNetV3: configured by ``cfg.MODEL.MOBILENETV3``.
     """
+    check_mobilenetv3_config(cfg)
     mcfg = cfg.MODEL.MOBILENETV3
     return MobileNetV3(
         mcfg.ARCH,
@@ -307,21 +251,12 @@ def build_mobilenetv3_fpn_backbone(cfg, input_shape: ShapeSpec):
     Returns:
         FPN: with FPN.IN_FEATURES = stage2 ... stage5, outputs p2 ... p6 (strides 4 ... 64).
     """
-    bottom_up = build_mobilenetv3_backbone(cfg, input_shape)
-    in_features = cfg.MODEL.FPN.IN_FEATURES
-    missing = [f for f in in_features if f not in bottom_up.output_shape()]
-    if missing:
-        raise ValueError(
-            f"MODEL.FPN.IN_FEATURES={list(in_features)!r} asks for {missing}, which "
-            f"MODEL.MOBILENETV3.OUT_FEATURES={list(bottom_up.output_shape())!r} does not output"
-        )
-    out_channels = cfg.MODEL.FPN.OUT_CHANNELS
-    backbone = FPN(
-        bottom_up=bottom_up,
-        in_features=in_features,
-        out_channels=out_channels,
+    check_mobilenetv3_config(cfg, fpn=True)
+    return FPN(
+        bottom_up=build_mobilenetv3_backbone(cfg, input_shape),
+        in_features=cfg.MODEL.FPN.IN_FEATURES,
+        out_channels=cfg.MODEL.FPN.OUT_CHANNELS,
         norm=cfg.MODEL.FPN.NORM,
         top_block=LastLevelMaxPool(),
         fuse_type=cfg.MODEL.FPN.FUSE_TYPE,
     )
-    return backbone

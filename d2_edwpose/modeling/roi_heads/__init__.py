@@ -1,5 +1,13 @@
 """RoI heads; importing this package registers them in detectron2's registries."""
-from .box_head import FastRCNNSeparableConvFCHead
-from .keypoint_head import KRCNNSeparableConvDeconvUpsampleHead
+from .box_head import FastRCNNConfigurableConvFCHead, FastRCNNSeparableConvFCHead
+from .keypoint_head import (
+    KRCNNConfigurableConvDeconvUpsampleHead,
+    KRCNNSeparableConvDeconvUpsampleHead,
+)
 
-__all__ = ["FastRCNNSeparableConvFCHead", "KRCNNSeparableConvDeconvUpsampleHead"]
+__all__ = [
+    "FastRCNNConfigurableConvFCHead",
+    "FastRCNNSeparableConvFCHead",
+    "KRCNNConfigurableConvDeconvUpsampleHead",
+    "KRCNNSeparableConvDeconvUpsampleHead",
+]

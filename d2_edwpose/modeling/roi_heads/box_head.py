@@ -5,22 +5,24 @@ from detectron2.config import configurable
 from detectron2.layers import get_norm
 from detectron2.modeling.roi_heads.box_head import ROI_BOX_HEAD_REGISTRY, FastRCNNConvFCHead
 
-from ...layers import conv_class_of_type, xavier_fill
+from ... import compat
+from ...config import conv_type_arguments
+from ...layers import conv_class_of_type, xavier_fill_convs
 
-__all__ = ["FastRCNNSeparableConvFCHead"]
+__all__ = ["FastRCNNConfigurableConvFCHead", "FastRCNNSeparableConvFCHead"]
 
 
 @ROI_BOX_HEAD_REGISTRY.register()
-class FastRCNNSeparableConvFCHead(FastRCNNConvFCHead):
+class FastRCNNConfigurableConvFCHead(FastRCNNConvFCHead):
     """
     detectron2's :class:`FastRCNNConvFCHead` (3x3 convs, each followed by norm and ReLU, then
-    fully connected layers with ReLU) whose convs are, by ``conv_type``, DWConv ("dw") or
-    EDWConv ("edw") -- the paper's keypoint-head idea applied to the detection network. With a
-    few narrow convs and one small fc layer it replaces the stock two 1024-wide fc layers,
-    which cost 13.9 GFLOPs on 1,000 proposals at 256 channels (12.8 of them in the first).
-    "vanilla" is the stock head.
+    fully connected layers with ReLU) whose convs are, by ``conv_type``, DWConv ("dw"), EDWConv
+    ("edw") or the stock ones ("vanilla": then it is the stock head) -- the paper's keypoint-head
+    idea applied to the detection network. A few narrow separable convs and one small fc layer
+    replace the stock two 1024-wide fc layers, which cost 13.9 GFLOPs on 1,000 proposals at 256
+    channels (12.8 of them in the first).
 
-    Separable convs are initialised like the keypoint head's (per-group Xavier); the stock
+    Separable convs are initialised like the keypoint head's (per-group Xavier): the stock
     head's MSRA fill takes a depthwise conv's fan-out from the weight shape, d_i times too large.
     """
 
@@ -32,7 +34,7 @@ class FastRCNNSeparableConvFCHead(FastRCNNConvFCHead):
             conv_type (str): "vanilla", "dw" or "edw" (``MODEL.ROI_BOX_HEAD.CONV_TYPE``).
             expand_factor (int >= 1): e of "edw" (``MODEL.ROI_BOX_HEAD.EXPAND_FACTOR``).
         """
-        conv_class = conv_class_of_type(conv_type, expand_factor, "MODEL.ROI_BOX_HEAD")
+        conv_class = conv_class_of_type(conv_type, expand_factor)
         super().__init__(input_shape, conv_dims=conv_dims, fc_dims=fc_dims, conv_norm=conv_norm)
         if conv_type == "vanilla":  # the stock head, MSRA init included
             return
@@ -48,15 +50,15 @@ class FastRCNNSeparableConvFCHead(FastRCNNConvFCHead):
                 norm=get_norm(conv_norm, stock.out_channels),
                 activation=nn.ReLU(),
             )
-            for module in conv.modules():
-                if isinstance(module, nn.Conv2d):
-                    xavier_fill(module)
+            xavier_fill_convs(conv)
             setattr(self, f"conv{k + 1}", conv)
             self.conv_norm_relus[k] = conv
 
     @classmethod
     def from_config(cls, cfg, input_shape):
-        ret = super().from_config(cfg, input_shape)
-        ret["conv_type"] = cfg.MODEL.ROI_BOX_HEAD.CONV_TYPE
-        ret["expand_factor"] = cfg.MODEL.ROI_BOX_HEAD.EXPAND_FACTOR
-        return ret
+        return {**super().from_config(cfg, input_shape), **conv_type_arguments(cfg, "ROI_BOX_HEAD")}
+
+
+FastRCNNSeparableConvFCHead = compat.register_former_name(
+    ROI_BOX_HEAD_REGISTRY, "FastRCNNSeparableConvFCHead", FastRCNNConfigurableConvFCHead
+)

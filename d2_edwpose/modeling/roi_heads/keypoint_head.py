@@ -8,14 +8,16 @@ from detectron2.modeling.roi_heads.keypoint_head import (
     KRCNNConvDeconvUpsampleHead,
 )
 
-from ...layers import conv_class_of_type, xavier_fill
+from ... import compat
+from ...config import conv_type_arguments
+from ...layers import conv_class_of_type, xavier_fill_convs
 from .keypoint_decoding import keypoint_rcnn_inference
 
-__all__ = ["KRCNNSeparableConvDeconvUpsampleHead"]
+__all__ = ["KRCNNConfigurableConvDeconvUpsampleHead", "KRCNNSeparableConvDeconvUpsampleHead"]
 
 
 @ROI_KEYPOINT_HEAD_REGISTRY.register()
-class KRCNNSeparableConvDeconvUpsampleHead(KRCNNConvDeconvUpsampleHead):
+class KRCNNConfigurableConvDeconvUpsampleHead(KRCNNConvDeconvUpsampleHead):
     """
     The "Key-points Estimation Network" of the paper (Sec. III-B): detectron2's
     :class:`KRCNNConvDeconvUpsampleHead` (3x3 convs + ReLU, a 4x4 stride-2 transposed conv to
@@ -26,15 +28,12 @@ class KRCNNSeparableConvDeconvUpsampleHead(KRCNNConvDeconvUpsampleHead):
     * ``"dw"``: :class:`DWConv`, a depthwise separable conv;
     * ``"edw"``: :class:`EDWConv` with ``expand_factor`` depthwise filters per input channel.
 
-    Unlike the stock head (MSRA init), every weight is initialized by Xavier's initializer and
-    every bias to 0, as in the paper (Sec. IV-A); "vanilla" is thus the paper's keypoint head,
-    not detectron2's. The paper initializes its RPN and detection network by Xavier too; the
-    paper configs keep detectron2's own RPN and box head, initialization included (normal with
-    std 0.01; ``c2_xavier_fill``, Caffe2's fan-in "XavierFill", for the box head's fc layers),
-    so that the keypoint head is all that differs from detectron2's Keypoint R-CNN on top of
-    the backbone. Losses are the stock ones (:class:`BaseKeypointRCNNHead`); inference gives
-    the stock outputs, decoded by :func:`.keypoint_decoding.heatmaps_to_keypoints`, which skips
-    work of detectron2's decoding whose result it discards.
+    Every weight is initialized by Xavier's initializer and every bias to 0, as in the paper
+    (Sec. IV-A), where the stock head uses MSRA: "vanilla" is the paper's keypoint head, not
+    detectron2's. (The paper configs keep detectron2's RPN and box head, initialization
+    included, so that the keypoint head is all that differs from detectron2's Keypoint R-CNN on
+    top of the backbone.) Losses are the stock ones; inference gives the stock outputs, decoded
+    by :func:`.keypoint_decoding.heatmaps_to_keypoints`.
     """
 
     @configurable
@@ -46,11 +45,9 @@ class KRCNNSeparableConvDeconvUpsampleHead(KRCNNConvDeconvUpsampleHead):
             input_shape, num_keypoints, conv_dims, kwargs: as in
                 :class:`KRCNNConvDeconvUpsampleHead`.
             conv_type (str): "vanilla", "dw" or "edw" (``MODEL.ROI_KEYPOINT_HEAD.CONV_TYPE``).
-            expand_factor (int >= 1): e of "edw" (``MODEL.ROI_KEYPOINT_HEAD.EXPAND_FACTOR``);
-                "vanilla" and "dw" ignore it, but it is checked whatever the type, so that a
-                bad config fails at once rather than when the type is switched to "edw".
+            expand_factor (int >= 1): e of "edw" (``MODEL.ROI_KEYPOINT_HEAD.EXPAND_FACTOR``).
         """
-        conv_class = conv_class_of_type(conv_type, expand_factor, "MODEL.ROI_KEYPOINT_HEAD")
+        conv_class = conv_class_of_type(conv_type, expand_factor)
 
         # KRCNNConvDeconvUpsampleHead.__init__ hard-codes vanilla convs and MSRA init, so it is
         # skipped (letting it build convs to replace them would allocate and initialize ~18M
@@ -70,9 +67,7 @@ class KRCNNSeparableConvDeconvUpsampleHead(KRCNNConvDeconvUpsampleHead):
         )
         self.up_scale = 2.0
 
-        for module in self.modules():
-            if isinstance(module, (nn.Conv2d, nn.ConvTranspose2d)):
-                xavier_fill(module)
+        xavier_fill_convs(self)
 
     def forward(self, x, instances):
         if self.training:
@@ -82,7 +77,14 @@ class KRCNNSeparableConvDeconvUpsampleHead(KRCNNConvDeconvUpsampleHead):
 
     @classmethod
     def from_config(cls, cfg, input_shape):
-        ret = super().from_config(cfg, input_shape)
-        ret["conv_type"] = cfg.MODEL.ROI_KEYPOINT_HEAD.CONV_TYPE
-        ret["expand_factor"] = cfg.MODEL.ROI_KEYPOINT_HEAD.EXPAND_FACTOR
-        return ret
+        return {
+            **super().from_config(cfg, input_shape),
+            **conv_type_arguments(cfg, "ROI_KEYPOINT_HEAD"),
+        }
+
+
+KRCNNSeparableConvDeconvUpsampleHead = compat.register_former_name(
+    ROI_KEYPOINT_HEAD_REGISTRY,
+    "KRCNNSeparableConvDeconvUpsampleHead",
+    KRCNNConfigurableConvDeconvUpsampleHead,
+)

@@ -55,7 +55,6 @@ __all__ = [
     "install",
     "has_compiled_ops",
     "cpu_autocast_enabled",
-    "register_former_name",
 ]
 
 BUILD_FROM_SOURCE_HINT = (
@@ -291,17 +290,6 @@ def cpu_autocast_enabled() -> bool:
         return torch.is_autocast_enabled("cpu")
     except TypeError:  # torch < 2.4: no device argument
         return torch.is_autocast_cpu_enabled()
-
-
-def register_former_name(registry, former_name, obj):
-    """Register ``obj`` in a detectron2 registry also under ``former_name``, the name it had
-    before a rename, so that configs naming it keep building the same object; returns ``obj``.
-
-    ``Registry.register`` files an object under its ``__name__`` only (detectron2 0.6 and main
-    share fvcore's ``Registry``, whose ``_do_register`` takes any name).
-    """
-    registry._do_register(former_name, obj)
-    return obj
 
 
 def _pil_lacks_linear():

@@ -5,9 +5,9 @@ from detectron2.config import configurable
 from detectron2.layers import get_norm
 from detectron2.modeling.roi_heads.box_head import ROI_BOX_HEAD_REGISTRY, FastRCNNConvFCHead
 
-from ... import compat
 from ...config import conv_type_arguments
 from ...layers import conv_class_of_type, xavier_fill_convs
+from ..former_names import register_former_name
 
 __all__ = ["FastRCNNConfigurableConvFCHead", "FastRCNNSeparableConvFCHead"]
 
@@ -59,6 +59,6 @@ class FastRCNNConfigurableConvFCHead(FastRCNNConvFCHead):
         return {**super().from_config(cfg, input_shape), **conv_type_arguments(cfg, "ROI_BOX_HEAD")}
 
 
-FastRCNNSeparableConvFCHead = compat.register_former_name(
+FastRCNNSeparableConvFCHead = register_former_name(
     ROI_BOX_HEAD_REGISTRY, "FastRCNNSeparableConvFCHead", FastRCNNConfigurableConvFCHead
 )

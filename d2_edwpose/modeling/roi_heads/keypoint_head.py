@@ -8,9 +8,9 @@ from detectron2.modeling.roi_heads.keypoint_head import (
     KRCNNConvDeconvUpsampleHead,
 )
 
-from ... import compat
 from ...config import conv_type_arguments
 from ...layers import conv_class_of_type, xavier_fill_convs
+from ..former_names import register_former_name
 from .keypoint_decoding import keypoint_rcnn_inference
 
 __all__ = ["KRCNNConfigurableConvDeconvUpsampleHead", "KRCNNSeparableConvDeconvUpsampleHead"]
@@ -83,7 +83,7 @@ class KRCNNConfigurableConvDeconvUpsampleHead(KRCNNConvDeconvUpsampleHead):
         }
 
 
-KRCNNSeparableConvDeconvUpsampleHead = compat.register_former_name(
+KRCNNSeparableConvDeconvUpsampleHead = register_former_name(
     ROI_KEYPOINT_HEAD_REGISTRY,
     "KRCNNSeparableConvDeconvUpsampleHead",
     KRCNNConfigurableConvDeconvUpsampleHead,

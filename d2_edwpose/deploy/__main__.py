@@ -16,7 +16,9 @@ from .onnx_pose_runner import PRECISIONS, RUNTIMES, OnnxPoseRunner
 
 def main(argv=None):
     parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+        prog=f"python -m {__package__}",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("model", help="ONNX file written by d2_edwpose.tools.export_model")
     parser.add_argument("images", nargs="+", help="image files")

@@ -12,6 +12,8 @@ setup(
     description="Keypoint R-CNN with a MobileNetV3-FPN backbone and (expanded) depthwise "
     "separable keypoint heads, as a detectron2 extension",
     packages=find_packages(include=["d2_edwpose", "d2_edwpose.*"]),
+    # The configs (d2_edwpose.model_zoo), so that a non-editable install has them.
+    package_data={"d2_edwpose.model_zoo": ["configs/*.yaml"]},
     python_requires=">=3.10",
     install_requires=[
         "torch>=2.1",

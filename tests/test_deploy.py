@@ -17,7 +17,7 @@ from detectron2.structures import pairwise_iou, Boxes
 
 from d2_edwpose import add_edwpose_config
 from d2_edwpose.data.synthetic import generate_synthetic_keypoints, register_synthetic_keypoints
-from d2_edwpose.deploy import onnx_pose_runner
+from d2_edwpose.deploy import onnx_pose_runner, runtimes
 from d2_edwpose.deploy.onnx_pose_runner import OnnxPoseRunner
 from d2_edwpose.engine import Trainer
 from d2_edwpose.evaluation import KeypointCOCOEvaluator
@@ -154,7 +154,7 @@ def test_int8_file_records_its_precision_and_keeps_the_decisive_and_depthwise_la
 
 
 def test_bfloat16_without_cpu_support_falls_back_with_a_notice(files, monkeypatch):
-    monkeypatch.setattr(onnx_pose_runner, "cpu_supports_bf16", lambda: False)
+    monkeypatch.setattr(runtimes, "cpu_supports_bf16", lambda: False)
     with pytest.warns(RuntimeWarning, match="bf16 requested, but this CPU computes no bfloat16"):
         runner = OnnxPoseRunner(files["fp32"], runtime="openvino", precision="bf16")
     assert runner.precision == "fp32"

@@ -2,6 +2,7 @@
 model."""
 import copy
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -16,7 +17,7 @@ from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.modeling import build_model
 from detectron2.structures.keypoints import heatmaps_to_keypoints as detectron2_heatmaps_to_keypoints
 
-from d2_edwpose.deploy import onnx_pose_runner
+from d2_edwpose.deploy import onnx_pose_runner, runtimes
 from d2_edwpose.deploy.onnx_pose_runner import (
     ExportedModelError,
     OnnxPoseRunner,
@@ -149,24 +150,28 @@ def test_runner_output_format_and_its_own_threshold(runner, images):
 
 
 def test_runner_needs_neither_torch_nor_detectron2(exported, image_dir, runner, tmp_path):
-    # As a script, with torch, detectron2 and this package made unimportable.
+    # A copy of the deploy folder run as `python -m pose_runner`, with torch, detectron2 and
+    # this package made unimportable.
     prelude = (
         "import runpy, sys\n"
         "for name in ('torch', 'detectron2', 'd2_edwpose'):\n"
         "    sys.modules[name] = None\n"
-        "sys.argv = sys.argv[1:]\n"
     )
     blocked = subprocess.run(
         [sys.executable, "-c", prelude + "import detectron2"], capture_output=True, text=True
     )
     assert "ModuleNotFoundError" in blocked.stderr  # the blocking works
+    shutil.copytree(
+        Path(onnx_pose_runner.__file__).parent,
+        tmp_path / "pose_runner",
+        ignore=shutil.ignore_patterns("__pycache__"),
+    )
     image = sorted(image_dir.glob("*.jpg"))[0]
     output = tmp_path / "poses.json"
-    script = onnx_pose_runner.__file__
     result = subprocess.run(
-        [sys.executable, "-c", prelude + "runpy.run_path(sys.argv[0], run_name='__main__')",
-         script, str(exported["onnx"]), str(image), "--output", str(output), "--threads", "1"],
-        capture_output=True, text=True,
+        [sys.executable, "-c", prelude + "runpy.run_module('pose_runner', run_name='__main__')",
+         str(exported["onnx"]), str(image), "--output", str(output), "--threads", "1"],
+        capture_output=True, text=True, cwd=tmp_path,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-2000:]
     (written,) = json.loads(output.read_text())
@@ -212,7 +217,7 @@ def test_runner_resize_is_the_models(size):
 
 @pytest.mark.parametrize("runtime", RUNTIMES)
 def test_corrupt_foreign_and_mismatched_files_are_named(exported, tmp_path, runtime, monkeypatch):
-    monkeypatch.setattr(onnx_pose_runner, "RUNTIMES", (runtime,))  # the default runtime
+    monkeypatch.setattr(runtimes, "RUNTIMES", (runtime,))  # the default runtime
     data = Path(exported["onnx"]).read_bytes()
     truncated = tmp_path / "truncated.onnx"
     truncated.write_bytes(data[: len(data) // 2])

@@ -24,8 +24,8 @@ from detectron2.modeling import build_model
 
 from d2_edwpose import add_edwpose_config
 from d2_edwpose.config import validate_edwpose_config
+from d2_edwpose.model_zoo import CONFIG_DIR
 
-CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
 PAPER_CONFIGS = [CONFIG_DIR / f"keypoint_rcnn_mv3_fpn_320_{t}.yaml" for t in ("vanilla", "dw", "edw")]
 REALTIME_CONFIG = CONFIG_DIR / "keypoint_rcnn_mv3_fpn_320_realtime.yaml"
 STOCK_R50 = "COCO-Keypoints/keypoint_rcnn_R_50_FPN_3x.yaml"

@@ -30,15 +30,16 @@ from d2_edwpose.data.synthetic import (
     register_synthetic_keypoints,
 )
 from d2_edwpose.engine import Trainer, build_predictor
+from d2_edwpose.model_zoo import get_config_file
 from d2_edwpose.tools.demo import run_on_image
 
-DEMO_CONFIG = Path(__file__).resolve().parents[2] / "configs" / "cpu_demo_keypoint_rcnn_mv3_fpn_320_edw.yaml"
+DEMO_CONFIG = get_config_file("cpu_demo_keypoint_rcnn_mv3_fpn_320_edw")
 logger = logging.getLogger("d2_edwpose.cpu_demo")
 
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config-file", default=str(DEMO_CONFIG))
+    parser.add_argument("--config-file", default=DEMO_CONFIG)
     parser.add_argument("--output-dir", default="output/cpu_demo")
     parser.add_argument("--num-train", type=int, default=800, help="synthetic training images")
     parser.add_argument("--num-val", type=int, default=100, help="synthetic validation images")

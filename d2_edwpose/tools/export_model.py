@@ -4,7 +4,7 @@
         --output output/export --verify datasets/synthetic_keypoints/val \
         MODEL.WEIGHTS output/cpu_demo/model_final.pth
 
-writes ``OUTPUT/model.onnx`` (run it with ``d2_edwpose/deploy/onnx_pose_runner.py``) and
+writes ``OUTPUT/model.onnx`` (run it with ``python -m d2_edwpose.deploy``, docs/deploy.md) and
 ``OUTPUT/model.ts`` (``torch.jit.load``), with the keypoint names of the config's dataset.
 The export runs on the CPU, with the config's score threshold, NMS and
 ``TEST.DETECTIONS_PER_IMAGE`` built in: override them like any key, e.g.

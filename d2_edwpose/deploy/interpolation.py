@@ -1,0 +1,90 @@
+"""PyTorch's ``F.interpolate`` resizes in numpy, with PyTorch's arithmetic, so that the runner
+pre- and post-processes exactly as the PyTorch model does."""
+import numpy as np
+
+__all__ = ["resize_bicubic", "resize_bilinear_antialiased"]
+
+# PyTorch's (and OpenCV's) bicubic convolution coefficient.
+_CUBIC_A = -0.75
+
+
+def _antialiased_bilinear_taps(in_size, out_size):
+    """Source indices (out_size, taps) and normalised weights of PyTorch's antialiased
+    bilinear resize along one axis (the kernel of PIL's bilinear filter), computed with
+    PyTorch's float32 and float64 steps so that the weights are the same to the last bit.
+
+    When shrinking by ``scale`` the triangle filter is widened to ``scale`` source pixels
+    each side, which averages away what the smaller image cannot represent; when enlarging it
+    is plain bilinear interpolation with half-pixel centres.
+    """
+    f32, f64 = np.float32, np.float64
+    scale = f32(in_size) / f32(out_size)
+    support = max(scale, f32(1))
+    inv_scale = f32(1 / f64(scale)) if scale >= 1 else f32(1)
+    centers = (f64(scale) * (np.arange(out_size) + 0.5)).astype(f32)
+    # int64 truncation, as in PyTorch (operands are >= 0 after the max/min).
+    first = np.maximum(((centers - support).astype(f64) + 0.5).astype(np.int64), 0)
+    stop = np.minimum(((centers + support).astype(f64) + 0.5).astype(np.int64), in_size)
+    indices = first[:, None] + np.arange((stop - first).max())
+    offsets = ((indices.astype(f32) - centers[:, None]).astype(f64) + 0.5) * f64(inv_scale)
+    weights = (1 - np.abs(offsets.astype(f32))).clip(0).astype(f32)
+    weights[indices >= stop[:, None]] = 0
+    # Normalised by their sum, accumulated in order in float32.
+    total = np.zeros(out_size, f32)
+    for k in range(weights.shape[1]):
+        total += weights[:, k]
+    weights /= total[:, None]
+    return np.minimum(indices, in_size - 1), weights
+
+
+def _bicubic_taps(in_size, out_size):
+    """Source indices (out_size, 4) and weights of PyTorch's bicubic interpolation
+    (``align_corners=False``, Keys' kernel with a = -0.75) along one axis, in float32."""
+    scale = np.float32(in_size) / np.float32(out_size)
+    source = scale * (np.arange(out_size, dtype=np.float32) + np.float32(0.5)) - np.float32(0.5)
+    start = np.floor(source)
+    t = source - start
+    a = np.float32(_CUBIC_A)
+
+    def near(x):  # |x| <= 1
+        return ((a + 2) * x - (a + 3)) * x * x + 1
+
+    def far(x):  # 1 < |x| < 2
+        return ((a * x - 5 * a) * x + 8 * a) * x - 4 * a
+
+    weights = np.stack([far(t + 1), near(t), near(1 - t), far(2 - t)], axis=1)
+    # Pixels beyond the border repeat the border pixel.
+    indices = np.clip(start.astype(np.int64)[:, None] + np.arange(-1, 3), 0, in_size - 1)
+    return indices, weights.astype(np.float32)
+
+
+def _along_first_axis(array, taps):
+    """Each output row the weighted sum of a few source rows, added in PyTorch's order.
+    Gathers along the first axis copy whole contiguous rows: fast."""
+    indices, weights = taps
+    result = array[indices[:, 0]] * weights[:, 0, None, None]
+    for k in range(1, indices.shape[1]):
+        result += array[indices[:, k]] * weights[:, k, None, None]
+    return result
+
+
+def _resize(image, height, width, taps):
+    """An (H, W, C) array resized along x, then along y, as PyTorch does."""
+    by_x = np.ascontiguousarray(image.transpose(1, 0, 2))  # (x, y, C)
+    along_x = _along_first_axis(by_x, taps(image.shape[1], width))
+    by_y = np.ascontiguousarray(along_x.transpose(1, 0, 2))  # (y, width, C)
+    return _along_first_axis(by_y, taps(image.shape[0], height))
+
+
+def resize_bilinear_antialiased(image, size):
+    """An (H, W, C) float32 image resized to ``size`` = (height, width) as
+    ``F.interpolate(mode="bilinear", align_corners=False, antialias=True)`` resizes it."""
+    height, width = size
+    return _resize(image, height, width, _antialiased_bilinear_taps)
+
+
+def resize_bicubic(maps, height, width):
+    """(S, S, K) float32 maps resized to (height, width, K) as
+    ``F.interpolate(mode="bicubic", align_corners=False)`` resizes them. Channels last, so that
+    every gather copies whole rows."""
+    return _resize(maps, height, width, _bicubic_taps)

@@ -89,5 +89,5 @@ def test_a_non_editable_install_ships_the_configs(tmp_path):
         assert found[key].startswith(str(target)), found
     assert found["config_file"].endswith("keypoint_rcnn_mv3_fpn_320_edw.yaml")
     assert found["configs"] == SHIPPED
-    assert found["keypoint_head"] == "KRCNNSeparableConvDeconvUpsampleHead"
+    assert found["keypoint_head"] == "KRCNNConfigurableConvDeconvUpsampleHead"
     assert found["conv_type"] == "edw"

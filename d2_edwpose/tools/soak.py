@@ -26,10 +26,11 @@ from detectron2.utils.logger import setup_logger
 from d2_edwpose import add_edwpose_config
 from d2_edwpose.data.synthetic import generate_synthetic_keypoints
 from d2_edwpose.engine import build_predictor
+from d2_edwpose.model_zoo import get_config_file
 
 logger = logging.getLogger("d2_edwpose.soak")
 
-DEFAULT_CONFIG = "configs/cpu_demo_keypoint_rcnn_mv3_fpn_320_edw.yaml"
+DEFAULT_CONFIG = get_config_file("cpu_demo_keypoint_rcnn_mv3_fpn_320_edw")
 MIB = 2**20
 
 

@@ -59,7 +59,6 @@ import json
 import logging
 import os
 import shlex
-import tempfile
 
 import cv2
 import numpy as np
@@ -67,6 +66,8 @@ import numpy as np
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.data.datasets.builtin_meta import COCO_PERSON_KEYPOINT_NAMES, _get_builtin_metadata
 from detectron2.data.datasets.coco import load_coco_json
+
+from ..atomic_files import atomic_open
 
 __all__ = [
     "DATASET_NAMES",
@@ -505,20 +506,6 @@ def _render_image(rng):
 
 
 # ----------------------------------------------------------------------------- files
-def _atomic_write(path, data):
-    """Write bytes so that `path` is either absent/old or complete, never partial."""
-    directory = os.path.dirname(path)
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=os.path.basename(path))
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
-
-
 def _is_complete(output, params):
     """Whether `output` holds a finished dataset generated with `params`."""
     for split in SPLITS:
@@ -578,7 +565,9 @@ def generate_synthetic_keypoints(output, num_train=800, num_val=100, seed=0):
             ok, jpeg = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY])
             if not ok:
                 raise RuntimeError(f"OpenCV could not encode {file_name} as JPEG")
-            _atomic_write(os.path.join(image_root, file_name), jpeg.tobytes())
+            os.makedirs(image_root, exist_ok=True)
+            with atomic_open(os.path.join(image_root, file_name), "wb") as f:
+                f.write(jpeg.tobytes())
             image_id = index + 1  # COCOeval treats id 0 as "unmatched"; start at 1
             images.append(
                 dict(id=image_id, file_name=file_name, height=image.shape[0], width=image.shape[1])
@@ -601,7 +590,9 @@ def generate_synthetic_keypoints(output, num_train=800, num_val=100, seed=0):
         )
     for split in SPLITS:
         json_file, _ = _split_paths(output, split)
-        _atomic_write(json_file, json.dumps(datasets[split], separators=(",", ":")).encode())
+        os.makedirs(os.path.dirname(json_file), exist_ok=True)
+        with atomic_open(json_file, "wb") as f:
+            f.write(json.dumps(datasets[split], separators=(",", ":")).encode())
     logger.info(
         f"Generated the synthetic keypoint dataset in {output}: "
         f"{num_train} train and {num_val} val images."

@@ -5,6 +5,7 @@ The end-to-end runs use tests/train_net_with_faults.py (train_net.py plus inject
 subprocesses with one intra-op thread: the same number of threads is what makes CPU float
 reductions repeat bit for bit, and it keeps them fast on a busy 2-core machine.
 """
+
 import json
 import logging
 import math
@@ -278,6 +279,10 @@ def test_weights_of_another_architecture_are_refused_listing_the_keys(demo_model
     partial = tmp_path / "backbone_only.pth"
     torch.save({"model": backbone}, partial)
     AtomicValidatingCheckpointer(demo_model).resume_or_load(str(partial), resume=False)
+
+
+def test_the_checkpointer_keeps_its_earlier_name():
+    assert SafeCheckpointer is AtomicValidatingCheckpointer
 
 
 def test_bad_values_and_unknown_keys_name_the_key(tmp_path):

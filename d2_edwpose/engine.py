@@ -11,7 +11,7 @@ from detectron2.engine import DefaultPredictor, DefaultTrainer, HookBase, hooks
 from detectron2.utils import comm
 from detectron2.utils.events import EventStorage
 
-from .checkpoint import SafeCheckpointer
+from .checkpoint import AtomicValidatingCheckpointer
 from .config import validate_edwpose_config
 from .data.catalog import (
     check_keypoint_datasets,
@@ -132,15 +132,16 @@ class PreciseBN(HookBase):
 
 def build_predictor(cfg) -> DefaultPredictor:
     """detectron2's ``DefaultPredictor(cfg)``, with ``cfg.MODEL.WEIGHTS`` loaded by
-    :class:`~d2_edwpose.checkpoint.SafeCheckpointer`: a missing file, or a checkpoint of another
-    architecture, is an error naming ``MODEL.WEIGHTS`` instead of a model that runs with the
-    weights it could not load left random (``DefaultPredictor`` only logs them)."""
+    :class:`~d2_edwpose.checkpoint.AtomicValidatingCheckpointer`: a missing file, or a
+    checkpoint of another architecture, is an error naming ``MODEL.WEIGHTS`` instead of a model
+    that runs with the weights it could not load left random (``DefaultPredictor`` only logs
+    them)."""
     validate_edwpose_config(cfg)
     from_scratch = cfg.clone()
     from_scratch.defrost()
     from_scratch.MODEL.WEIGHTS = ""
     predictor = DefaultPredictor(from_scratch)
-    SafeCheckpointer(predictor.model).resume_or_load(cfg.MODEL.WEIGHTS, resume=False)
+    AtomicValidatingCheckpointer(predictor.model).resume_or_load(cfg.MODEL.WEIGHTS, resume=False)
     predictor.cfg = cfg.clone()
     return predictor
 
@@ -162,7 +163,7 @@ class Trainer(DefaultTrainer):
     The optimizer (with its momentum) and the LR scheduler are saved and restored by detectron2
     (the optimizer on 0.6 through the shim in :mod:`d2_edwpose.compat`). Checkpoints are
     written atomically, and a missing or foreign ``MODEL.WEIGHTS`` is a clear error
-    (:class:`~d2_edwpose.checkpoint.SafeCheckpointer`).
+    (:class:`~d2_edwpose.checkpoint.AtomicValidatingCheckpointer`).
     """
 
     def __init__(self, cfg):
@@ -194,7 +195,7 @@ class Trainer(DefaultTrainer):
     def build_hooks(self):
         # DefaultTrainer.__init__ creates a DetectionCheckpointer just before calling this;
         # the PeriodicCheckpointer built below must save with the atomic one instead.
-        self.checkpointer = SafeCheckpointer(
+        self.checkpointer = AtomicValidatingCheckpointer(
             self.checkpointer.model, self.cfg.OUTPUT_DIR, trainer=weakref.proxy(self)
         )
         # detectron2's own PreciseBN hook is replaced by this module's (see PreciseBN). It is

@@ -36,7 +36,7 @@ from torch import nn
 
 from detectron2.export import TracingAdapter
 
-from .checkpoint import atomic_open
+from .atomic_files import atomic_open
 from .deploy import onnx_pose_runner
 from .modeling.meta_arch import FixedInputSizeRCNN, resize_to_fixed_size
 from .modeling.roi_heads.keypoint_decoding import heatmaps_to_keypoints
@@ -168,16 +168,6 @@ def _tracing_adapter(model, keypoints_field):
     return TracingAdapter(model, [{"image": image}], inference).eval()
 
 
-def _write_atomically(path, write):
-    """Call ``write(file)`` on a binary file that appears as ``path`` only once complete
-    (:func:`~d2_edwpose.checkpoint.atomic_open`); return ``path``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_open(path, "wb") as f:
-        write(f)
-    return path
-
-
 def export_onnx(model, output_path, keypoint_names=None):
     """Export ``model`` (a :class:`FixedInputSizeRCNN` with keypoints) to an ONNX file for
     :class:`~d2_edwpose.deploy.onnx_pose_runner.OnnxPoseRunner`; returns its path.
@@ -205,8 +195,11 @@ def export_onnx(model, output_path, keypoint_names=None):
     metadata = _metadata(model, onnx_pose_runner.METADATA_FORMAT, keypoint_names)
     onnx.helper.set_model_props(proto, {onnx_pose_runner.METADATA_KEY: json.dumps(metadata)})
     onnx.checker.check_model(proto)
-    data = proto.SerializeToString()
-    return _write_atomically(output_path, lambda f: f.write(data))
+    output_path = Path(output_path)
+    output_path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_open(output_path, "wb") as f:
+        f.write(proto.SerializeToString())
+    return output_path
 
 
 def export_torchscript(model, output_path, keypoint_names=None):
@@ -219,9 +212,11 @@ def export_torchscript(model, output_path, keypoint_names=None):
         # check_trace would re-run the model and compare, which the tests do on real images.
         traced = torch.jit.trace(adapter, adapter.flattened_inputs, check_trace=False)
     extra_files = {TORCHSCRIPT_METADATA_FILE: json.dumps(_metadata(model, TORCHSCRIPT_FORMAT, keypoint_names))}
-    return _write_atomically(
-        output_path, lambda f: torch.jit.save(traced, f, _extra_files=extra_files)
-    )
+    output_path = Path(output_path)
+    output_path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_open(output_path, "wb") as f:
+        torch.jit.save(traced, f, _extra_files=extra_files)
+    return output_path
 
 
 def load_torchscript(path):

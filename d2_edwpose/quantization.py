@@ -20,7 +20,7 @@ from pathlib import Path
 
 import cv2
 
-from .checkpoint import atomic_open
+from .atomic_files import atomic_open
 from .deploy.onnx_pose_runner import INPUT_NAME, METADATA_KEY, OnnxPoseRunner
 
 __all__ = ["FLOAT_LAYERS", "IMAGE_SUFFIXES", "calibration_images", "quantize_int8"]

@@ -13,7 +13,7 @@ import torchvision
 from torch import nn
 
 import d2_edwpose.modeling.backbone  # noqa: F401 (registers the backbones)
-from d2_edwpose.checkpoint import convert_torchvision_mobilenetv3
+from d2_edwpose.torchvision_weights import convert_torchvision_mobilenetv3
 from d2_edwpose.config import add_edwpose_config
 from d2_edwpose.tools.convert_torchvision_mobilenetv3 import main as convert_main
 from detectron2.checkpoint import DetectionCheckpointer

@@ -5,7 +5,7 @@ import os
 
 from detectron2.data import DatasetCatalog, MetadataCatalog
 
-from .coco_keypoints import COCO_PERSON_OKS_SIGMAS, validate_keypoint_set
+from .keypoint_sets import COCO_PERSON_OKS_SIGMAS, validate_keypoint_set
 from .synthetic import GENERATE_COMMAND
 
 __all__ = [

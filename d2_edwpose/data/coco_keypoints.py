@@ -13,74 +13,28 @@ end, with a message naming the file, the record and the field.
 import functools
 import json
 import logging
-import math
 import os
 
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.data.datasets import load_coco_json
-from detectron2.data.datasets.builtin_meta import (
-    COCO_PERSON_KEYPOINT_FLIP_MAP,
-    COCO_PERSON_KEYPOINT_NAMES,
-    KEYPOINT_CONNECTION_RULES,
+from detectron2.data.datasets.builtin_meta import COCO_PERSON_KEYPOINT_NAMES
+
+from .keypoint_sets import (
+    COCO_PERSON_KEYPOINTS,
+    is_finite_number,
+    read_keypoint_set,
+    validate_keypoint_set,
 )
 
 __all__ = [
-    "COCO_PERSON_KEYPOINTS",
-    "CROWDPOSE_KEYPOINTS",
-    "KEYPOINT_SETS",
     "complete_coco_annotations",
     "load_coco_keypoint_json",
     "register_config_datasets",
     "register_keypoint_dataset",
-    "validate_keypoint_set",
 ]
 
 logger = logging.getLogger(__name__)
 
-# COCO's per-keypoint OKS sigmas, as pycocotools' COCOeval has them.
-COCO_PERSON_OKS_SIGMAS = (
-    0.026, 0.025, 0.025, 0.035, 0.035, 0.079, 0.079, 0.072, 0.072, 0.062, 0.062,
-    0.107, 0.107, 0.087, 0.087, 0.089, 0.089,
-)  # fmt: skip
-
-# The keyword arguments of register_keypoint_dataset for two common keypoint sets.
-COCO_PERSON_KEYPOINTS = dict(
-    keypoint_names=COCO_PERSON_KEYPOINT_NAMES,
-    keypoint_flip_map=COCO_PERSON_KEYPOINT_FLIP_MAP,
-    keypoint_connection_rules=KEYPOINT_CONNECTION_RULES,
-    oks_sigmas=COCO_PERSON_OKS_SIGMAS,
-)
-_CROWDPOSE_NAMES = (
-    "left_shoulder", "right_shoulder", "left_elbow", "right_elbow", "left_wrist", "right_wrist",
-    "left_hip", "right_hip", "left_knee", "right_knee", "left_ankle", "right_ankle",
-    "head", "neck",
-)  # fmt: skip
-CROWDPOSE_KEYPOINTS = dict(
-    keypoint_names=_CROWDPOSE_NAMES,
-    keypoint_flip_map=tuple(
-        (name, "right_" + name[len("left_"):])
-        for name in _CROWDPOSE_NAMES
-        if name.startswith("left_")
-    ),
-    # COCO's limbs and colours, with the head joined to the neck and the neck to the shoulders.
-    keypoint_connection_rules=tuple(
-        rule for rule in KEYPOINT_CONNECTION_RULES if {rule[0], rule[1]} <= set(_CROWDPOSE_NAMES)
-    )
-    + (
-        ("head", "neck", (102, 0, 204)),
-        ("neck", "left_shoulder", (0, 215, 255)),
-        ("neck", "right_shoulder", (0, 215, 255)),
-    ),
-    # CrowdPose's evaluation (crowdposetools) sigmas.
-    oks_sigmas=(
-        0.079, 0.079, 0.072, 0.072, 0.062, 0.062, 0.107, 0.107, 0.087, 0.087, 0.089, 0.089,
-        0.079, 0.079,
-    ),
-)  # fmt: skip
-
-# The keypoint sets that DATASETS.COCO_KEYPOINTS.<name>.KEYPOINT_SET names.
-KEYPOINT_SETS = {"coco_person": COCO_PERSON_KEYPOINTS, "crowdpose": CROWDPOSE_KEYPOINTS}
-_KEYPOINT_SET_FIELDS = tuple(COCO_PERSON_KEYPOINTS)
 _CONFIG_DATASET_KEYS = ("JSON_FILE", "IMAGE_ROOT", "KEYPOINT_SET")
 
 # Fields of an image and of an annotation that detectron2's loader or COCO's evaluation cannot
@@ -93,56 +47,8 @@ _ANNOTATION_FIELDS = ("id", "image_id", "category_id", "bbox", "keypoints")
 _checked_files = set()
 
 
-def _is_number(value):
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-
-
 def _is_positive_int(value):
     return isinstance(value, int) and not isinstance(value, bool) and value > 0
-
-
-def validate_keypoint_set(
-    keypoint_names, keypoint_flip_map, keypoint_connection_rules, oks_sigmas, *, where
-):
-    """Raise ValueError, naming ``where`` and the offending value, unless the keypoint set is
-    consistent: distinct names; a flip map of pairs of two different known names, each name in
-    at most one pair; connection rules ``(name, name, (r, g, b))`` of known names; one positive
-    OKS sigma per name. ``None`` skips the flip map, the rules or the sigmas."""
-    names = [] if isinstance(keypoint_names, str) else list(keypoint_names)
-    if (
-        not names
-        or not all(isinstance(n, str) and n for n in names)
-        or len(set(names)) != len(names)
-    ):
-        raise ValueError(
-            f"{where}: keypoint_names={keypoint_names!r} must be a list of distinct non-empty "
-            "strings"
-        )
-    known = set(names)
-    if keypoint_flip_map is not None:
-        seen = set()
-        for pair in keypoint_flip_map:
-            if len(pair) != 2 or pair[0] == pair[1] or not set(pair) <= known or seen & set(pair):
-                raise ValueError(
-                    f"{where}: keypoint_flip_map entry {tuple(pair)!r} is invalid: expected "
-                    "pairs (left, right) of two different names of keypoint_names, each name in "
-                    f"at most one pair; keypoint_names={names!r}"
-                )
-            seen.update(pair)
-    if keypoint_connection_rules is not None:
-        for rule in keypoint_connection_rules:
-            if len(rule) != 3 or not {rule[0], rule[1]} <= known or len(rule[2]) != 3:
-                raise ValueError(
-                    f"{where}: keypoint_connection_rules entry {tuple(rule)!r} is invalid: "
-                    f"expected (name, name, (r, g, b)) with names of keypoint_names={names!r}"
-                )
-    if oks_sigmas is not None:
-        sigmas = list(oks_sigmas)
-        if len(sigmas) != len(names) or not all(_is_number(s) and s > 0 for s in sigmas):
-            raise ValueError(
-                f"{where}: oks_sigmas has {len(sigmas)} values {sigmas!r}; expected one "
-                f"positive number per keypoint ({len(names)}: {names!r})"
-            )
 
 
 def register_keypoint_dataset(
@@ -342,7 +248,7 @@ def _check_coco_keypoint_file(coco, keypoint_names):
                 "category of the file"
             )
         bbox = annotation["bbox"]
-        if not (isinstance(bbox, list) and len(bbox) == 4 and all(map(_is_number, bbox))):
+        if not (isinstance(bbox, list) and len(bbox) == 4 and all(map(is_finite_number, bbox))):
             raise ValueError(f"{record}: bbox {bbox!r} is not [x, y, width, height]")
         keypoints = annotation["keypoints"]
         if len(keypoints) != 3 * num_keypoints:
@@ -395,30 +301,6 @@ def load_coco_keypoint_json(json_file, image_root, dataset_name):
     return load_coco_json(json_file, image_root, dataset_name)
 
 
-def _read_keypoint_set(value, key):
-    """The register_keypoint_dataset keyword arguments that ``value`` (a name of
-    :data:`KEYPOINT_SETS` or a JSON file of those arguments) stands for."""
-    if value in KEYPOINT_SETS:
-        return KEYPOINT_SETS[value]
-    if not value.endswith(".json"):
-        raise ValueError(
-            f"{key}={value!r} is invalid: expected one of {sorted(KEYPOINT_SETS)} or a .json "
-            f"file with the keys {list(_KEYPOINT_SET_FIELDS)}"
-        )
-    try:
-        with open(value) as f:
-            keypoint_set = json.load(f)
-    except (OSError, ValueError) as e:
-        raise ValueError(f"{key}={value!r}: cannot read it as JSON: {e}") from e
-    fields = set(keypoint_set) if isinstance(keypoint_set, dict) else None
-    if fields is None or not fields <= set(_KEYPOINT_SET_FIELDS) or "keypoint_names" not in fields:
-        raise ValueError(
-            f"{key}={value!r}: expected an object with keypoint_names and any of "
-            f"{list(_KEYPOINT_SET_FIELDS[1:])}, got {sorted(fields) if fields else keypoint_set!r}"
-        )
-    return keypoint_set
-
-
 def register_config_datasets(cfg):
     """Register the datasets that ``cfg.DATASETS.COCO_KEYPOINTS`` declares, each with
     :func:`register_keypoint_dataset`, so that ``train_net.py``, the demo, the export tool and
@@ -449,7 +331,7 @@ def register_config_datasets(cfg):
             )
         keypoint_set_key = f"{key}.KEYPOINT_SET"
         keypoint_set = entry.get("KEYPOINT_SET", "coco_person")
-        arguments = _read_keypoint_set(keypoint_set, keypoint_set_key)
+        arguments = read_keypoint_set(keypoint_set, keypoint_set_key)
         if name in DatasetCatalog.list():
             metadata = MetadataCatalog.get(name)
             registered = [metadata.get(k) for k in ("json_file", "image_root")]

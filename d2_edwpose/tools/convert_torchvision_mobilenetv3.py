@@ -31,7 +31,8 @@ import urllib.parse
 import torch
 from torchvision.models import MobileNet_V3_Large_Weights, MobileNet_V3_Small_Weights
 
-from d2_edwpose.checkpoint import atomic_open, convert_torchvision_mobilenetv3
+from d2_edwpose.atomic_files import atomic_open
+from d2_edwpose.torchvision_weights import convert_torchvision_mobilenetv3
 
 __all__ = ["main"]
 

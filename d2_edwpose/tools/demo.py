@@ -9,9 +9,7 @@ model (detectron2's ``DefaultPredictor``, pre- and post-processing included) are
 """
 import argparse
 import logging
-import os
 import time
-from contextlib import contextmanager
 from pathlib import Path
 
 import cv2
@@ -24,6 +22,7 @@ from detectron2.utils.video_visualizer import VideoVisualizer
 from detectron2.utils.visualizer import ColorMode, Visualizer
 
 from d2_edwpose import add_edwpose_config
+from d2_edwpose.atomic_files import atomic_path
 from d2_edwpose.data import register_config_datasets
 from d2_edwpose.engine import build_predictor
 from d2_edwpose.modeling.optimize import optimize_for_inference
@@ -111,19 +110,6 @@ def output_paths(images, videos, output_dir):
     return outputs
 
 
-@contextmanager
-def _written_atomically(path):
-    """A temporary name beside ``path``, with its suffix (OpenCV picks the format by it),
-    renamed to ``path`` once the block completes, removed if it fails: an interrupted run
-    leaves no truncated drawing."""
-    partial = path.with_name(f".{path.stem}.partial{path.suffix}")
-    try:
-        yield partial
-        os.replace(partial, path)
-    finally:
-        partial.unlink(missing_ok=True)
-
-
 def draw_poses(image, instances, metadata):
     """``instances`` (boxes, scores, keypoints) drawn on a BGR image with COCO's skeleton."""
     visualizer = Visualizer(image[:, :, ::-1], metadata, instance_mode=ColorMode.IMAGE)
@@ -138,7 +124,7 @@ def run_on_image(predictor, metadata, path, output):
     start = time.perf_counter()
     instances = predictor(image)["instances"].to("cpu")
     elapsed = time.perf_counter() - start
-    with _written_atomically(output) as partial:
+    with atomic_path(output) as partial:
         if not cv2.imwrite(str(partial), draw_poses(image, instances, metadata)):
             raise OSError(f"{output}: OpenCV could not write this image")
     logger.info(f"{path}: {len(instances)} people in {elapsed * 1000:.0f} ms -> {output}")
@@ -156,7 +142,7 @@ def run_on_video(predictor, metadata, path, output):
     height = int(video.get(cv2.CAP_PROP_FRAME_HEIGHT))
     visualizer = VideoVisualizer(metadata, ColorMode.IMAGE)
     frames, model_time = 0, 0.0
-    with _written_atomically(output) as partial:
+    with atomic_path(output) as partial:
         fourcc = cv2.VideoWriter_fourcc(*"mp4v")
         writer = cv2.VideoWriter(str(partial), fourcc, fps, (width, height))
         try:

@@ -26,7 +26,7 @@ from detectron2.structures import Boxes, Instances
 from detectron2.utils.logger import setup_logger
 
 from d2_edwpose import add_edwpose_config
-from d2_edwpose.checkpoint import atomic_open
+from d2_edwpose.atomic_files import atomic_open
 from d2_edwpose.data import register_config_datasets
 from d2_edwpose.data.catalog import check_registered, oks_sigmas
 from d2_edwpose.deploy.onnx_pose_runner import PRECISIONS, RUNTIMES, OnnxPoseRunner

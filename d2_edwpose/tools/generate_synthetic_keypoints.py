@@ -1,4 +1,4 @@
-"""Generate the synthetic person-keypoint dataset (see d2_edwpose/data/synthetic.py).
+"""Generate the synthetic person-keypoint dataset (see d2_edwpose/data/synthetic/).
 
     python -m d2_edwpose.tools.generate_synthetic_keypoints [--output DIR] [--num-train 800] \
         [--num-val 100] [--seed 0]

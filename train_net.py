@@ -19,7 +19,7 @@ from detectron2.engine import default_argument_parser, default_setup, launch
 from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 
-from d2_edwpose.checkpoint import SafeCheckpointer
+from d2_edwpose.checkpoint import AtomicValidatingCheckpointer
 from d2_edwpose.config import validate_edwpose_config
 from d2_edwpose.modeling.optimize import optimize_for_inference
 
@@ -41,7 +41,7 @@ def main(args):
     if args.eval_only:
         check_datasets(cfg, train=False)
         model = Trainer.build_model(cfg)
-        SafeCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(
+        AtomicValidatingCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(
             cfg.MODEL.WEIGHTS, resume=args.resume
         )
         if cfg.TEST.OPTIMIZE_FOR_INFERENCE:

@@ -33,7 +33,7 @@ from detectron2.utils.logger import setup_logger
 
 from d2_edwpose import add_edwpose_config
 from d2_edwpose.data import register_config_datasets
-from d2_edwpose.checkpoint import SafeCheckpointer
+from d2_edwpose.checkpoint import AtomicValidatingCheckpointer
 from d2_edwpose.config import validate_edwpose_config
 from d2_edwpose.deploy.onnx_pose_runner import OnnxPoseRunner
 from d2_edwpose.export import (
@@ -182,7 +182,7 @@ def main(argv=None):
     if not cfg.MODEL.WEIGHTS:
         logger.warning("MODEL.WEIGHTS is empty: exporting randomly initialised weights")
     # Missing or foreign weights are an error naming MODEL.WEIGHTS, as in train_net.py.
-    SafeCheckpointer(model).resume_or_load(cfg.MODEL.WEIGHTS, resume=False)
+    AtomicValidatingCheckpointer(model).resume_or_load(cfg.MODEL.WEIGHTS, resume=False)
 
     exporters = {"onnx": export_onnx, "torchscript": export_torchscript}
     keypoint_names = keypoint_metadata(cfg).keypoint_names

@@ -7,7 +7,7 @@ import torch
 from detectron2 import model_zoo
 
 from d2_edwpose.data.synthetic import generate_synthetic_keypoints, register_synthetic_keypoints
-from d2_edwpose.modeling.optimize import optimize_for_inference
+from d2_edwpose.modeling.cpu_inference import optimize_for_inference
 from d2_edwpose.tools.analyze_model import (
     CONFIG_DIR,
     PAPER_CONFIGS,

@@ -19,7 +19,7 @@ included), a row per runtime and precision: onnxruntime and OpenVINO in float32 
 INT8 quantization (:mod:`d2_edwpose.quantization`), OpenVINO in bfloat16 where the CPU has
 it. All models of one N are timed in interleaved rounds, one call of each per round, so that
 the machine's drift hits every row alike; the table's header names the CPU. With ``--optimize`` every model is also measured after
-:func:`d2_edwpose.modeling.optimize.optimize_for_inference`, in a row of its own; speed-ups
+:func:`d2_edwpose.modeling.cpu_inference.optimize_for_inference`, in a row of its own; speed-ups
 "vs vanilla" compare rows of the same kind, "vs stock R50" always compare with detectron2's
 model as it is built (what its users run).
 """
@@ -42,7 +42,7 @@ from detectron2.utils.logger import setup_logger
 
 from d2_edwpose.checkpoint import SafeCheckpointer
 from d2_edwpose.data import register_config_datasets
-from d2_edwpose.modeling.optimize import optimize_for_inference
+from d2_edwpose.modeling.cpu_inference import optimize_for_inference
 from d2_edwpose.tools.analyze_model import (
     PAPER_CONFIGS,
     REALTIME_CONFIG,

@@ -1,4 +1,5 @@
 """The benchmark's direct mode really runs every model on exactly N people (timings untested)."""
+
 import logging
 
 import pytest
@@ -15,16 +16,18 @@ from d2_edwpose.tools.analyze_model import (
     STOCK_R50,
     load_config,
 )
-from d2_edwpose.tools.benchmark import (
-    build_benchmark_model,
-    describe_cpu,
-    _label,
-    fix_num_detections,
+from d2_edwpose.tools.benchmark import main
+from d2_edwpose.tools.benchmark.direct import (
     format_profile,
     format_table,
-    main,
-    measure_latency,
     profile_components,
+    row_label,
+)
+from d2_edwpose.tools.benchmark.timing import (
+    build_benchmark_model,
+    describe_cpu,
+    fix_num_detections,
+    measure_latency,
     time_interleaved,
 )
 
@@ -45,7 +48,9 @@ def test_direct_mode_yields_n_detections(config, num_people):
 
 @pytest.mark.parametrize("config", [PAPER_CONFIGS[2], REALTIME_CONFIG], ids=lambda p: p.stem)
 def test_direct_mode_yields_n_detections_after_optimize_for_inference(config):
-    model = optimize_for_inference(build_benchmark_model(fix_num_detections(load_config(config), 9)))
+    model = optimize_for_inference(
+        build_benchmark_model(fix_num_detections(load_config(config), 9))
+    )
     image = torch.randint(0, 256, (3, 320, 320), dtype=torch.uint8)
     measure_latency(model, image, 9, warmup=0, repeats=1)
 
@@ -79,19 +84,32 @@ def test_table_states_n_and_ratios():
     assert "50 ms" not in table
     # Optimized rows compare with the optimized vanilla row and with the stock model as built.
     assert "| x_dw + optimize_for_inference | 40 ms (39–41) | 25.0 | 4.00× | 10.00× |" in table
-    assert "| detectron2 r50 + optimize_for_inference | 320 ms (310–330) | 3.1 | 0.50× | 1.25× |" in table
+    assert (
+        "| detectron2 r50 + optimize_for_inference | 320 ms (310–330) | 3.1 | 0.50× | 1.25× |"
+        in table
+    )
 
 
 def test_profile_times_every_part_and_removes_its_hooks():
     model = build_benchmark_model(fix_num_detections(load_config(REALTIME_CONFIG), 3))
     image = torch.randint(0, 256, (3, 320, 320), dtype=torch.uint8)
     profile = profile_components(model, image, warmup=0, repeats=2)
-    parts = ["backbone", "RPN", "box RoIAlign", "box head", "box predictor", "keypoint RoIAlign", "keypoint head"]
+    parts = [
+        "backbone",
+        "RPN",
+        "box RoIAlign",
+        "box head",
+        "box predictor",
+        "keypoint RoIAlign",
+        "keypoint head",
+    ]
     assert all(profile[name] > 0 for name in [*parts, "keypoint convs", "keypoint decoding"])
     assert profile["keypoint convs"] < profile["keypoint head"]
     assert sum(profile[name] for name in parts) < profile["total"]
     assert not any(m._forward_hooks or m._forward_pre_hooks for m in model.modules())
-    assert "| keypoint_rcnn_mv3_fpn_320_realtime | " in format_profile([("keypoint_rcnn_mv3_fpn_320_realtime", profile)], 3)
+    assert "| keypoint_rcnn_mv3_fpn_320_realtime | " in format_profile(
+        [("keypoint_rcnn_mv3_fpn_320_realtime", profile)], 3
+    )
 
 
 def test_deploy_rows_come_from_the_exported_and_quantized_model():
@@ -99,7 +117,7 @@ def test_deploy_rows_come_from_the_exported_and_quantized_model():
         [str(REALTIME_CONFIG), "--deploy", "onnxruntime:fp32", "openvino:int8",
          "--num-people", "3", "--warmup", "0", "--repeats", "2"]
     )  # fmt: skip
-    assert [(_label(r), r["people"]) for r in rows] == [
+    assert [(row_label(r), r["people"]) for r in rows] == [
         ("keypoint_rcnn_mv3_fpn_320_realtime", 3),
         ("keypoint_rcnn_mv3_fpn_320_realtime (onnxruntime)", 3),
         ("keypoint_rcnn_mv3_fpn_320_realtime (openvino int8)", 3),

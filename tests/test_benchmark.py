@@ -1,4 +1,5 @@
-"""The benchmark's direct mode really runs every model on exactly N people (timings untested)."""
+"""The benchmark's modes run what they say: the direct mode every model on exactly N people, the
+rewrites mode every rewrite left out in turn (timings untested)."""
 
 import logging
 
@@ -8,7 +9,7 @@ import torch
 from detectron2 import model_zoo
 
 from d2_edwpose.data.synthetic import generate_synthetic_keypoints, register_synthetic_keypoints
-from d2_edwpose.modeling.cpu_inference import optimize_for_inference
+from d2_edwpose.modeling.cpu_inference import REWRITES, optimize_for_inference
 from d2_edwpose.tools.analyze_model import (
     CONFIG_DIR,
     PAPER_CONFIGS,
@@ -23,6 +24,7 @@ from d2_edwpose.tools.benchmark.direct import (
     profile_components,
     row_label,
 )
+from d2_edwpose.tools.benchmark.rewrites import format_rewrites_table
 from d2_edwpose.tools.benchmark.timing import (
     build_benchmark_model,
     describe_cpu,
@@ -145,6 +147,41 @@ def test_cpu_description_names_model_cores_and_instruction_sets(tmp_path):
     assert description.startswith(f"Some Xeon(R) CPU, {torch.get_num_threads()} of ")
     assert description.endswith("AVX2, AVX-512, AVX-512 VNNI, AMX")
     assert describe_cpu(str(tmp_path / "none")).startswith("unknown CPU")
+
+
+def test_rewrites_mode_times_each_rewrite_left_out(capsys):
+    results = main(
+        [str(REALTIME_CONFIG), "--rewrites", "--device", "cpu", "--num-people", "3",
+         "--warmup", "0", "--repeats", "2"]
+    )  # fmt: skip
+    (variants,) = results.values()
+    assert list(variants) == ["as built", "all rewrites", *REWRITES]
+    assert all(len(times) == 2 for times in variants.values())
+    table = capsys.readouterr().out
+    assert describe_cpu() in table and "(t_without − t_all) / t_without" in table
+    assert "| rewrite | keypoint_rcnn_mv3_fpn_320_realtime without | share |" in table
+    for rewrite in REWRITES:
+        assert f"| {rewrite} | " in table
+    with pytest.raises(SystemExit):
+        main([str(REALTIME_CONFIG), "--rewrites", "--optimize", "--device", "cpu"])
+
+
+def test_rewrites_table_states_each_rewrites_share_of_the_latency_without_it():
+    seconds = {"all rewrites": [0.08, 0.08], "as built": [0.2, 0.2]}
+    seconds.update({rewrite: [0.1, 0.1] for rewrite in REWRITES})
+    # Paired by round: a slower round 2 for "b" leaves the shares as they are.
+    slow_round = {variant: [t[0], 2 * t[1]] for variant, t in seconds.items()}
+    table = format_rewrites_table(
+        {"a": seconds, "b": {**slow_round, "winograd": [0.08, 0.16]}}, 20, (320, 320)
+    )
+    assert "| (all rewrites) | 80.0 ms | – | 120.0 ms | – |" in table
+    as_built = "+60.0% (+60.0 to +60.0)"
+    assert f"| (as built: none) | 200.0 ms | {as_built} | 300.0 ms | {as_built} |" in table
+    assert (
+        "| winograd | 100.0 ms | +20.0% (+20.0 to +20.0) | 120.0 ms | +0.0% (+0.0 to +0.0) |"
+        in table
+    )
+    assert "N = 20 people per image" in table and "2 interleaved rounds" in table
 
 
 class _Records(logging.Handler):

@@ -3,6 +3,9 @@
     # direct mode (no data): every model detects exactly N people per image
     python -m d2_edwpose.tools.benchmark --stock-r50 --num-people 20 --sweep 1 5 20 50 100 \
         --plot output/benchmark/latency_vs_people.png
+    # rewrites mode: what each rewrite of optimize_for_inference buys end to end, on CPU
+    python -m d2_edwpose.tools.benchmark configs/keypoint_rcnn_mv3_fpn_320_edw.yaml \
+        configs/keypoint_rcnn_mv3_fpn_320_realtime.yaml --rewrites --device cpu
     # dataset mode: detectron2's inference_on_dataset (its built-in timer) on a registered dataset
     python -m d2_edwpose.tools.benchmark configs/cpu_demo_keypoint_rcnn_mv3_fpn_320_edw.yaml \
         --dataset synthetic_keypoints_val --opts MODEL.WEIGHTS output/cpu_demo/model_final.pth
@@ -22,7 +25,9 @@ the machine's drift hits every row alike; the table's header names the CPU. With
 ``--optimize`` every model is also measured after
 :func:`d2_edwpose.modeling.cpu_inference.optimize_for_inference`, in a row of its own; speed-ups
 "vs vanilla" compare rows of the same kind, "vs stock R50" always compare with detectron2's
-model as it is built (what its users run).
+model as it is built (what its users run). ``--rewrites`` times, at N, each model as built,
+optimized, and optimized without each rewrite in turn, all in the same interleaved rounds, and
+prints the share of the latency that each rewrite removes.
 """
 
 import argparse
@@ -40,7 +45,8 @@ from d2_edwpose.modeling.cpu_inference import optimize_for_inference
 from d2_edwpose.tools.analyze_model import PAPER_CONFIGS, REALTIME_CONFIG, STOCK_R50, load_config
 
 from .deploy import DEPLOY_ROWS, deploy_row, profile_runner, runner_call
-from .direct import format_table, plot_sweep, run_direct
+from .direct import config_models, format_table, plot_sweep, run_direct
+from .rewrites import format_rewrites_table, run_rewrites
 from .timing import (
     build_benchmark_model,
     describe_cpu,
@@ -113,6 +119,12 @@ def main(argv=None):
         help="also print the time of each part (backbone, RPN, heads, ...) at --num-people, and "
         "of the deployment runner's steps (pre-processing, graph, post-processing)",
     )
+    parser.add_argument(
+        "--rewrites",
+        action="store_true",
+        help="rewrites mode (CPU): the share of the latency at --num-people that each rewrite of "
+        "optimize_for_inference removes, from the model optimized without it",
+    )
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--size", type=int, nargs=2, default=(320, 320), metavar=("H", "W"))
     parser.add_argument("--num-people", type=int, default=20, help="N of the table")
@@ -131,6 +143,14 @@ def main(argv=None):
         if len(args.configs) != 1:
             parser.error(f"--dataset {args.dataset}: give exactly one config to run on it")
         return run_dataset(args)
+    if args.rewrites:
+        if args.device != "cpu" or args.optimize or args.deploy or args.profile or args.sweep:
+            parser.error("--rewrites: a mode of its own, on --device cpu, at --num-people")
+        results = run_rewrites(
+            config_models(args), args.num_people, args.size, args.warmup, args.repeats
+        )
+        print(format_rewrites_table(results, args.num_people, args.size))
+        return results
     rows = run_direct(args)
     print(format_table(rows, args.num_people, args.device, args.size))
     if args.plot:

@@ -137,6 +137,12 @@ def test_interleaved_rounds_call_every_model_in_turn():
         time_interleaved({"b": (lambda: 2, 3)}, warmup=0, repeats=1)
 
 
+def test_interleaved_rounds_read_the_clock_given():
+    ticks = iter(range(100))
+    times = time_interleaved({"a": (lambda: 1, 1)}, warmup=0, repeats=2, clock=lambda: next(ticks))
+    assert times == {"a": [1, 1]}
+
+
 def test_cpu_description_names_model_cores_and_instruction_sets(tmp_path):
     cpuinfo = tmp_path / "cpuinfo"
     cpuinfo.write_text(

@@ -3,6 +3,7 @@ buys end to end, from the model optimized with all rewrites against the model op
 all but one, for each rewrite in turn, all timed in the same interleaved rounds."""
 
 import statistics
+import time
 
 import torch
 
@@ -24,7 +25,7 @@ ALL_REWRITES = "all rewrites"
 AS_BUILT = "as built"
 
 
-def run_rewrites(models, num_people, size, warmup, repeats):
+def run_rewrites(models, num_people, size, warmup, repeats, clock=time.perf_counter):
     """{model name: {variant: seconds per call}} of every (name, config) of ``models``, on CPU:
     the model as built, optimized with all rewrites, and without each of :data:`REWRITES`."""
     torch.manual_seed(0)
@@ -37,7 +38,7 @@ def run_rewrites(models, num_people, size, warmup, repeats):
             if skip is not None:
                 optimize_for_inference(model, device="cpu", skip=skip)
             calls[(name, variant)] = (pytorch_call(model, image), num_people)
-    times = time_interleaved(calls, warmup, repeats)
+    times = time_interleaved(calls, warmup, repeats, clock)
     results = {name: {} for name, _ in models}
     for (name, variant), seconds in times.items():
         results[name][variant] = seconds
@@ -50,7 +51,7 @@ def _shares(without, with_all):
     return [(t - t_all) / t for t, t_all in zip(without, with_all)]
 
 
-def format_rewrites_table(results, num_people, size):
+def format_rewrites_table(results, num_people, size, clock_name="wall time"):
     """A row per rewrite, a pair of columns per model: the median latency without that rewrite
     (all others applied), and the share of it that the rewrite removes, (t_without - t_all) /
     t_without per round: median (p10 to p90 over rounds). The "as built" row's share is all
@@ -59,7 +60,7 @@ def format_rewrites_table(results, num_people, size):
     rounds = len(next(iter(results[names[0]].values())))
     lines = [
         f"Rewrites mode, {size[0]}×{size[1]} input, batch 1, N = {num_people} people per image, "
-        f"CPU ({describe_cpu()}), random weights, all variants timed in {rounds} interleaved "
+        f"CPU ({describe_cpu()}), {clock_name}, random weights, all variants timed in {rounds} interleaved "
         f"rounds; {runtime_settings()}. Median latency without each rewrite (all others "
         "applied) and its share: (t_without − t_all) / t_without of each round, median "
         "(p10 to p90).",

@@ -24,7 +24,6 @@ from d2_edwpose.modeling.cpu_inference import (
 )
 from d2_edwpose.modeling.cpu_inference.channels_last_roi import ChannelsLastROIPooler
 from d2_edwpose.modeling.cpu_inference.edwconv_split import SplitEDWConv
-from d2_edwpose.modeling.cpu_inference.gemm_conv_transpose import gemm_conv_transpose
 from d2_edwpose.modeling.cpu_inference.module_replacement import replace_modules
 from d2_edwpose.tools.analyze_model import CONFIG_DIR, REALTIME_CONFIG, load_config
 from d2_edwpose.tools.benchmark import fix_num_detections
@@ -316,17 +315,14 @@ def test_cpu_rewrites_trace_as_the_modules_they_replaced():
     torch.manual_seed(0)
     model = nn.Sequential(nn.Conv2d(128, 128, 3, padding=1), nn.ConvTranspose2d(128, 4, 4, 2, 1))
     optimized = optimize_for_inference(copy.deepcopy(model.eval()), device="cpu")
-    assert [type(m).__name__ for m in optimized] == ["WinogradConv2d", "GemmConvTranspose2d"]
+    assert [type(m).__name__ for m in optimized] == ["WinogradConv2d", "ConvTranspose2d"]
     x = torch.randn(1, 128, 16, 16)
     with torch.no_grad():
         traced = torch.jit.trace(optimized, x)
         graph = str(traced.inlined_graph)
         assert graph.count("aten::_convolution") == 2
-        assert "aten::bmm" not in graph and "aten::col2im" not in graph
+        assert "aten::bmm" not in graph
         torch.testing.assert_close(traced(x), model(x), rtol=1e-5, atol=1e-5)
-    # Optimizing again keeps the transposed conv's weight a matrix without copies.
-    optimize_for_inference(optimized, device="cpu")
-    assert optimized[1].deconv.weight.is_contiguous()
 
 
 def test_cpu_rewrites_leave_autocast_to_the_modules_they_replaced(winograd_calls):
@@ -334,67 +330,12 @@ def test_cpu_rewrites_leave_autocast_to_the_modules_they_replaced(winograd_calls
     torch.manual_seed(0)
     model = nn.Sequential(nn.Conv2d(128, 128, 3, padding=1), nn.ConvTranspose2d(128, 4, 4, 2, 1))
     optimized = optimize_for_inference(copy.deepcopy(model.eval()), device="cpu")
-    assert [type(m).__name__ for m in optimized] == ["WinogradConv2d", "GemmConvTranspose2d"]
+    assert [type(m).__name__ for m in optimized] == ["WinogradConv2d", "ConvTranspose2d"]
     x = torch.randn(1, 128, 16, 16)
     with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
         expected, out = model(x), optimized(x)
     assert calls == [] and out.dtype == expected.dtype == torch.bfloat16
     torch.testing.assert_close(out, expected, rtol=0.05, atol=0.05)
-
-
-@pytest.mark.parametrize(
-    "in_channels, out_channels, kernel, stride, padding, output_padding, dilation, bias",
-    [
-        (16, 5, 4, 2, 1, 0, 1, True),  # the keypoint heads' heatmap predictor, scaled down
-        (6, 4, 3, 3, 0, 2, 1, False),
-        (4, 3, (3, 2), (2, 1), (1, 0), (1, 0), (2, 1), True),
-    ],
-)  # fmt: skip
-def test_transposed_convs_as_matrix_products_equal_them(
-    in_channels, out_channels, kernel, stride, padding, output_padding, dilation, bias
-):
-    torch.manual_seed(0)
-    deconv = nn.ConvTranspose2d(
-        in_channels,
-        out_channels,
-        kernel,
-        stride,
-        padding,
-        output_padding,
-        bias=bias,
-        dilation=dilation,
-    ).eval()
-    optimized = gemm_conv_transpose(copy.deepcopy(deconv))
-    assert type(optimized).__name__ == "GemmConvTranspose2d"
-    inputs = [
-        torch.randn(3, in_channels, 7, 9),
-        torch.randn(2, in_channels, 5, 6).contiguous(memory_format=torch.channels_last),
-        torch.zeros(0, in_channels, 7, 9),
-    ]
-    with torch.no_grad():
-        for x in inputs:
-            torch.testing.assert_close(optimized(x), deconv(x), rtol=1e-5, atol=1e-5)
-    # With autograd the transposed conv itself runs, and trains.
-    optimized(inputs[0]).sum().backward()
-    assert optimized.deconv.weight.grad is not None
-    # Grouped transposed convs, and output padding over the stride (allowed below the
-    # dilation), are left as they are.
-    assert gemm_conv_transpose(nn.ConvTranspose2d(4, 4, 2, groups=2)) is None
-    wide_output_padding = nn.ConvTranspose2d(4, 3, 3, padding=1, output_padding=1, dilation=2)
-    assert gemm_conv_transpose(wide_output_padding) is None
-
-
-def test_transposed_conv_as_matrix_product_falls_back_where_it_does_not_apply():
-    torch.manual_seed(0)
-    deconv = nn.ConvTranspose2d(8, 4, 4, stride=2, padding=1).eval()
-    optimized = gemm_conv_transpose(copy.deepcopy(deconv))
-    x = torch.randn(2, 8, 5, 5)
-    with torch.no_grad():
-        # output_size picks among the sizes that the stride allows.
-        out = optimized(x, output_size=[11, 11])
-        torch.testing.assert_close(out, deconv(x, output_size=[11, 11]))
-        assert out.shape == (2, 4, 11, 11)
-        torch.testing.assert_close(optimized(x[0]), deconv(x[0]))  # unbatched
 
 
 def test_module_lists_that_forwards_iterate_are_updated():
@@ -523,7 +464,6 @@ def test_optimized_model_gives_the_same_detections(config):
     edw_head = cfg.MODEL.ROI_KEYPOINT_HEAD.CONV_TYPE == "edw"
     assert kinds.count("SplitEDWConv") == (num_head_convs if edw_head else 0)
     assert kinds.count("ChannelsLastROIPooler") == 2  # box and keypoint heads
-    assert kinds.count("GemmConvTranspose2d") == 1  # the heatmap predictor
     box_head_is_fc_only = cfg.MODEL.ROI_BOX_HEAD.NUM_CONV == 0
     assert kinds.count("ChannelsLastFlattenLinear") == int(box_head_is_fc_only)
     # Winograd for the FPN's and RPN's convs if they are wide, and the vanilla head's.
@@ -573,7 +513,6 @@ def applied_rewrites(model):
         "best_first_rpn": type(model.proposal_generator).__name__ == "BestFirstRPN",
         "inplace_relu": all(relu.inplace for relu in head_relus),
         "channels_last": any(p.dim() == 4 and not p.is_contiguous() for p in model.parameters()),
-        "gemm_conv_transpose": "GemmConvTranspose2d" in kinds,
     }
 
 
@@ -592,5 +531,5 @@ def test_a_skipped_rewrite_leaves_its_modules_and_the_others_the_same_detections
 
 
 def test_unknown_rewrites_to_skip_are_an_error_that_names_the_rewrites():
-    with pytest.raises(ValueError, match="'winograd_convs'.*fold_norms.*gemm_conv_transpose"):
+    with pytest.raises(ValueError, match="'winograd_convs'.*fold_norms.*channels_last"):
         optimize_for_inference(nn.Sequential(nn.Conv2d(1, 1, 1)).eval(), skip=("winograd_convs",))

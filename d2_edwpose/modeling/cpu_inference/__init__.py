@@ -36,7 +36,6 @@ def is_cpu_float32_inference(x: torch.Tensor) -> bool:
 from .best_first_rpn import select_rpn_proposals_best_first  # noqa: E402
 from .channels_last_roi import pool_rois_channels_last  # noqa: E402
 from .edwconv_split import split_edwconvs  # noqa: E402
-from .gemm_conv_transpose import conv_transposes_as_gemm  # noqa: E402
 from .inplace_relu import relus_in_place  # noqa: E402
 from .norm_folding import fold_conv_norms  # noqa: E402
 from .winograd import convs_by_winograd  # noqa: E402
@@ -52,8 +51,7 @@ def _channels_last(model: nn.Module) -> dict:
 
 
 # name -> (CPU only, rewrite returning {what: count}), in the order they are applied: the EDWConv
-# split and Winograd before the in-place ReLUs (which know their modules), the channels-last
-# layout before the transposed-conv GEMM (whose weight must stay contiguous).
+# split and Winograd before the in-place ReLUs, which know their modules.
 _REWRITE_STEPS = {
     "fold_norms": (False, lambda model: {"folded norms": fold_conv_norms(model)}),
     "split_edwconv": (True, lambda model: {"EDWConvs": split_edwconvs(model)}),
@@ -67,10 +65,6 @@ _REWRITE_STEPS = {
     ),
     "inplace_relu": (True, lambda model: {"in-place ReLUs": relus_in_place(model)}),
     "channels_last": (True, _channels_last),
-    "gemm_conv_transpose": (
-        True,
-        lambda model: {"transposed convs": conv_transposes_as_gemm(model)},
-    ),
 }
 # The rewrites' names, in the order they are applied: what ``skip`` takes.
 REWRITES = tuple(_REWRITE_STEPS)

@@ -21,7 +21,7 @@ from detectron2.utils.logger import setup_logger
 
 from d2_edwpose.checkpoint import AtomicValidatingCheckpointer
 from d2_edwpose.config import validate_edwpose_config
-from d2_edwpose.modeling.optimize import optimize_for_inference
+from d2_edwpose.modeling.cpu_inference import optimize_for_inference
 
 
 def setup(args):

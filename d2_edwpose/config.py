@@ -61,9 +61,9 @@ def add_edwpose_config(cfg):
     cfg.MODEL.ROI_BOX_HEAD.CONV_TYPE = "dw"
     cfg.MODEL.ROI_BOX_HEAD.EXPAND_FACTOR = 2
 
-    # Apply d2_edwpose.modeling.optimize.optimize_for_inference (same outputs, faster on CPU) to
-    # the model of `train_net.py --eval-only` and of the inference demo. Never to a model that is
-    # still being trained: it folds the norms away.
+    # Apply d2_edwpose.modeling.cpu_inference.optimize_for_inference (same outputs, faster on
+    # CPU) to the model of `train_net.py --eval-only` and of the inference demo. Never to a model
+    # that is still being trained: it folds the norms away.
     cfg.TEST.OPTIMIZE_FOR_INFERENCE = False
 
 

@@ -1,4 +1,6 @@
-"""The benchmark's direct mode really runs every model on exactly N people (timings untested)."""
+"""The benchmark's modes run what they say: the direct mode every model on exactly N people, the
+rewrites mode every rewrite left out in turn (timings untested)."""
+
 import logging
 
 import pytest
@@ -7,7 +9,7 @@ import torch
 from detectron2 import model_zoo
 
 from d2_edwpose.data.synthetic import generate_synthetic_keypoints, register_synthetic_keypoints
-from d2_edwpose.modeling.optimize import optimize_for_inference
+from d2_edwpose.modeling.cpu_inference import REWRITES, optimize_for_inference
 from d2_edwpose.tools.analyze_model import (
     CONFIG_DIR,
     PAPER_CONFIGS,
@@ -15,16 +17,19 @@ from d2_edwpose.tools.analyze_model import (
     STOCK_R50,
     load_config,
 )
-from d2_edwpose.tools.benchmark import (
-    build_benchmark_model,
-    describe_cpu,
-    _label,
-    fix_num_detections,
+from d2_edwpose.tools.benchmark import main
+from d2_edwpose.tools.benchmark.direct import (
     format_profile,
     format_table,
-    main,
-    measure_latency,
     profile_components,
+    row_label,
+)
+from d2_edwpose.tools.benchmark.rewrites import format_rewrites_table
+from d2_edwpose.tools.benchmark.timing import (
+    build_benchmark_model,
+    describe_cpu,
+    fix_num_detections,
+    measure_latency,
     time_interleaved,
 )
 
@@ -45,7 +50,9 @@ def test_direct_mode_yields_n_detections(config, num_people):
 
 @pytest.mark.parametrize("config", [PAPER_CONFIGS[2], REALTIME_CONFIG], ids=lambda p: p.stem)
 def test_direct_mode_yields_n_detections_after_optimize_for_inference(config):
-    model = optimize_for_inference(build_benchmark_model(fix_num_detections(load_config(config), 9)))
+    model = optimize_for_inference(
+        build_benchmark_model(fix_num_detections(load_config(config), 9))
+    )
     image = torch.randint(0, 256, (3, 320, 320), dtype=torch.uint8)
     measure_latency(model, image, 9, warmup=0, repeats=1)
 
@@ -79,19 +86,32 @@ def test_table_states_n_and_ratios():
     assert "50 ms" not in table
     # Optimized rows compare with the optimized vanilla row and with the stock model as built.
     assert "| x_dw + optimize_for_inference | 40 ms (39–41) | 25.0 | 4.00× | 10.00× |" in table
-    assert "| detectron2 r50 + optimize_for_inference | 320 ms (310–330) | 3.1 | 0.50× | 1.25× |" in table
+    assert (
+        "| detectron2 r50 + optimize_for_inference | 320 ms (310–330) | 3.1 | 0.50× | 1.25× |"
+        in table
+    )
 
 
 def test_profile_times_every_part_and_removes_its_hooks():
     model = build_benchmark_model(fix_num_detections(load_config(REALTIME_CONFIG), 3))
     image = torch.randint(0, 256, (3, 320, 320), dtype=torch.uint8)
     profile = profile_components(model, image, warmup=0, repeats=2)
-    parts = ["backbone", "RPN", "box RoIAlign", "box head", "box predictor", "keypoint RoIAlign", "keypoint head"]
+    parts = [
+        "backbone",
+        "RPN",
+        "box RoIAlign",
+        "box head",
+        "box predictor",
+        "keypoint RoIAlign",
+        "keypoint head",
+    ]
     assert all(profile[name] > 0 for name in [*parts, "keypoint convs", "keypoint decoding"])
     assert profile["keypoint convs"] < profile["keypoint head"]
     assert sum(profile[name] for name in parts) < profile["total"]
     assert not any(m._forward_hooks or m._forward_pre_hooks for m in model.modules())
-    assert "| keypoint_rcnn_mv3_fpn_320_realtime | " in format_profile([("keypoint_rcnn_mv3_fpn_320_realtime", profile)], 3)
+    assert "| keypoint_rcnn_mv3_fpn_320_realtime | " in format_profile(
+        [("keypoint_rcnn_mv3_fpn_320_realtime", profile)], 3
+    )
 
 
 def test_deploy_rows_come_from_the_exported_and_quantized_model():
@@ -99,7 +119,7 @@ def test_deploy_rows_come_from_the_exported_and_quantized_model():
         [str(REALTIME_CONFIG), "--deploy", "onnxruntime:fp32", "openvino:int8",
          "--num-people", "3", "--warmup", "0", "--repeats", "2"]
     )  # fmt: skip
-    assert [(_label(r), r["people"]) for r in rows] == [
+    assert [(row_label(r), r["people"]) for r in rows] == [
         ("keypoint_rcnn_mv3_fpn_320_realtime", 3),
         ("keypoint_rcnn_mv3_fpn_320_realtime (onnxruntime)", 3),
         ("keypoint_rcnn_mv3_fpn_320_realtime (openvino int8)", 3),
@@ -117,6 +137,12 @@ def test_interleaved_rounds_call_every_model_in_turn():
         time_interleaved({"b": (lambda: 2, 3)}, warmup=0, repeats=1)
 
 
+def test_interleaved_rounds_read_the_clock_given():
+    ticks = iter(range(100))
+    times = time_interleaved({"a": (lambda: 1, 1)}, warmup=0, repeats=2, clock=lambda: next(ticks))
+    assert times == {"a": [1, 1]}
+
+
 def test_cpu_description_names_model_cores_and_instruction_sets(tmp_path):
     cpuinfo = tmp_path / "cpuinfo"
     cpuinfo.write_text(
@@ -127,6 +153,41 @@ def test_cpu_description_names_model_cores_and_instruction_sets(tmp_path):
     assert description.startswith(f"Some Xeon(R) CPU, {torch.get_num_threads()} of ")
     assert description.endswith("AVX2, AVX-512, AVX-512 VNNI, AMX")
     assert describe_cpu(str(tmp_path / "none")).startswith("unknown CPU")
+
+
+def test_rewrites_mode_times_each_rewrite_left_out(capsys):
+    results = main(
+        [str(REALTIME_CONFIG), "--rewrites", "--device", "cpu", "--num-people", "3",
+         "--warmup", "0", "--repeats", "2"]
+    )  # fmt: skip
+    (variants,) = results.values()
+    assert list(variants) == ["as built", "all rewrites", *REWRITES]
+    assert all(len(times) == 2 for times in variants.values())
+    table = capsys.readouterr().out
+    assert describe_cpu() in table and "(t_without − t_all) / t_without" in table
+    assert "| rewrite | keypoint_rcnn_mv3_fpn_320_realtime without | share |" in table
+    for rewrite in REWRITES:
+        assert f"| {rewrite} | " in table
+    with pytest.raises(SystemExit):
+        main([str(REALTIME_CONFIG), "--rewrites", "--optimize", "--device", "cpu"])
+
+
+def test_rewrites_table_states_each_rewrites_share_of_the_latency_without_it():
+    seconds = {"all rewrites": [0.08, 0.08], "as built": [0.2, 0.2]}
+    seconds.update({rewrite: [0.1, 0.1] for rewrite in REWRITES})
+    # Paired by round: a slower round 2 for "b" leaves the shares as they are.
+    slow_round = {variant: [t[0], 2 * t[1]] for variant, t in seconds.items()}
+    table = format_rewrites_table(
+        {"a": seconds, "b": {**slow_round, "winograd": [0.08, 0.16]}}, 20, (320, 320)
+    )
+    assert "| (all rewrites) | 80.0 ms | – | 120.0 ms | – |" in table
+    as_built = "+60.0% (+60.0 to +60.0)"
+    assert f"| (as built: none) | 200.0 ms | {as_built} | 300.0 ms | {as_built} |" in table
+    assert (
+        "| winograd | 100.0 ms | +20.0% (+20.0 to +20.0) | 120.0 ms | +0.0% (+0.0 to +0.0) |"
+        in table
+    )
+    assert "N = 20 people per image" in table and "2 interleaved rounds" in table
 
 
 class _Records(logging.Handler):

@@ -33,7 +33,7 @@ from d2_edwpose.export import (
     load_torchscript,
 )
 from d2_edwpose.modeling.meta_arch import resize_to_fixed_size
-from d2_edwpose.modeling.optimize import optimize_for_inference
+from d2_edwpose.modeling.cpu_inference import optimize_for_inference
 from d2_edwpose.tools import export_model
 from d2_edwpose.tools.analyze_model import load_config
 from d2_edwpose.tools.benchmark import (

@@ -1,4 +1,5 @@
 """optimize_for_inference changes how fast a model runs, not what it computes."""
+
 import copy
 
 import pytest
@@ -15,9 +16,15 @@ from detectron2.modeling.proposal_generator.rpn import StandardRPNHead
 from detectron2.structures import Boxes
 
 from d2_edwpose.layers import DWConv, EDWConv
-from d2_edwpose.modeling import optimize
-from d2_edwpose.modeling.optimize import fold_conv_norms, optimize_for_inference
-from d2_edwpose.modeling.roi_pooling import ChannelsLastROIPooler
+from d2_edwpose.modeling.cpu_inference import (
+    REWRITES,
+    fold_conv_norms,
+    optimize_for_inference,
+    winograd,
+)
+from d2_edwpose.modeling.cpu_inference.channels_last_roi import ChannelsLastROIPooler
+from d2_edwpose.modeling.cpu_inference.edwconv_split import SplitEDWConv
+from d2_edwpose.modeling.cpu_inference.module_replacement import replace_modules
 from d2_edwpose.tools.analyze_model import CONFIG_DIR, REALTIME_CONFIG, load_config
 from d2_edwpose.tools.benchmark import fix_num_detections
 
@@ -73,7 +80,7 @@ def test_edwconv_as_summed_depthwise_separable_convs(expand_factor, channels_las
     x = torch.randn(3, 6, 7, 8)
     expected = edw(x)
     optimized = optimize_for_inference(copy.deepcopy(edw), device="cpu")
-    assert type(optimized[0]).__name__ == "_SplitEDWConv"
+    assert type(optimized[0]).__name__ == "SplitEDWConv"
     assert [conv.groups for conv in optimized[0].depthwise] == [6] * expand_factor
     assert isinstance(optimized[1], DWConv)  # already a plain depthwise conv
     if channels_last:
@@ -81,7 +88,7 @@ def test_edwconv_as_summed_depthwise_separable_convs(expand_factor, channels_las
     torch.testing.assert_close(optimized(x), expected, rtol=1e-5, atol=1e-5)
     assert optimized(torch.zeros(0, 6, 7, 8)).shape == (0, 4, 7, 8)
     # Maps that are not NHWC (a split conv outside a channels-last model) are summed as such.
-    split = optimize._SplitEDWConv(edw[0])
+    split = SplitEDWConv(edw[0])
     torch.testing.assert_close(split(x.contiguous()), edw[0](x), rtol=1e-5, atol=1e-5)
 
 
@@ -185,8 +192,8 @@ def test_winograd_conv3x3_equals_the_convolution(
     expected = F.conv2d(
         x.double(), weight.double(), None if bias is None else bias.double(), padding=padding
     )
-    transformed_weight = optimize.winograd_transform_weight(weight)
-    out = optimize.winograd_conv3x3(x, transformed_weight, bias, padding, max_tiles)
+    transformed_weight = winograd.winograd_transform_weight(weight)
+    out = winograd.winograd_conv3x3(x, transformed_weight, bias, padding, max_tiles)
     assert out.shape == expected.shape
     assert out.is_contiguous(memory_format=torch.channels_last)
     scale = expected.abs().max().item()
@@ -206,8 +213,8 @@ def test_winograd_conv3x3_maps_equals_the_convolution_of_each_map(bias, max_tile
     ]
     weight = torch.randn(4, 5, 3, 3, generator=generator)
     bias = torch.randn(4, generator=generator) if bias else None
-    transformed_weight = optimize.winograd_transform_weight(weight)
-    outs = optimize.winograd_conv3x3_maps(xs, transformed_weight, bias, (1, 1), max_tiles)
+    transformed_weight = winograd.winograd_transform_weight(weight)
+    outs = winograd.winograd_conv3x3_maps(xs, transformed_weight, bias, (1, 1), max_tiles)
     assert len(outs) == len(xs)
     for x, out in zip(xs, outs):
         expected = F.conv2d(
@@ -223,13 +230,13 @@ def test_winograd_conv3x3_maps_equals_the_convolution_of_each_map(bias, max_tile
 def winograd_calls(monkeypatch):
     """The input shapes of the calls of ``winograd_conv3x3``, appended as they happen."""
     calls = []
-    winograd = optimize.winograd_conv3x3
+    winograd_conv3x3 = winograd.winograd_conv3x3
 
     def counted_winograd(x, *args):
         calls.append(tuple(x.shape))
-        return winograd(x, *args)
+        return winograd_conv3x3(x, *args)
 
-    monkeypatch.setattr(optimize, "winograd_conv3x3", counted_winograd)
+    monkeypatch.setattr(winograd, "winograd_conv3x3", counted_winograd)
     return calls
 
 
@@ -250,7 +257,7 @@ def test_winograd_convs_run_wide_convs_on_enough_tiles(winograd_calls):
         expected = [model(x) for x in inputs]
         optimized = optimize_for_inference(copy.deepcopy(model), device="cpu")
         kinds = [type(m).__name__ for m in optimized]
-        assert kinds == ["_WinogradConv2d", "_WinogradConv2d", "Conv2d", "Conv2d"]
+        assert kinds == ["WinogradConv2d", "WinogradConv2d", "Conv2d", "Conv2d"]
         for x, reference in zip(inputs, expected):
             channels_last = x.contiguous(memory_format=torch.channels_last)
             torch.testing.assert_close(optimized(channels_last), reference, rtol=1e-4, atol=1e-4)
@@ -272,7 +279,7 @@ def test_winograd_conv_follows_its_weight(winograd_calls):
     calls = winograd_calls
     torch.manual_seed(0)
     conv = nn.Conv2d(128, 128, 3, padding=1).eval()
-    wrapped = optimize._winograd_conv(conv)
+    wrapped = winograd.winograd_conv(conv)
     x = torch.randn(1, 128, 16, 16)
 
     def assert_runs_conv_of(weight, bias, module=wrapped):
@@ -299,7 +306,7 @@ def test_winograd_conv_follows_its_weight(winograd_calls):
     # Weights made in inference mode have no version counter: transformed on every call.
     with torch.inference_mode():
         inference_conv = nn.Conv2d(128, 128, 3, padding=1).eval()
-    wrapped_inference_conv = optimize._winograd_conv(inference_conv)
+    wrapped_inference_conv = winograd.winograd_conv(inference_conv)
     assert_runs_conv_of(inference_conv.weight, inference_conv.bias, wrapped_inference_conv)
 
 
@@ -308,17 +315,14 @@ def test_cpu_rewrites_trace_as_the_modules_they_replaced():
     torch.manual_seed(0)
     model = nn.Sequential(nn.Conv2d(128, 128, 3, padding=1), nn.ConvTranspose2d(128, 4, 4, 2, 1))
     optimized = optimize_for_inference(copy.deepcopy(model.eval()), device="cpu")
-    assert [type(m).__name__ for m in optimized] == ["_WinogradConv2d", "_GemmConvTranspose2d"]
+    assert [type(m).__name__ for m in optimized] == ["WinogradConv2d", "ConvTranspose2d"]
     x = torch.randn(1, 128, 16, 16)
     with torch.no_grad():
         traced = torch.jit.trace(optimized, x)
         graph = str(traced.inlined_graph)
         assert graph.count("aten::_convolution") == 2
-        assert "aten::bmm" not in graph and "aten::col2im" not in graph
+        assert "aten::bmm" not in graph
         torch.testing.assert_close(traced(x), model(x), rtol=1e-5, atol=1e-5)
-    # Optimizing again keeps the transposed conv's weight a matrix without copies.
-    optimize_for_inference(optimized, device="cpu")
-    assert optimized[1].deconv.weight.is_contiguous()
 
 
 def test_cpu_rewrites_leave_autocast_to_the_modules_they_replaced(winograd_calls):
@@ -326,61 +330,12 @@ def test_cpu_rewrites_leave_autocast_to_the_modules_they_replaced(winograd_calls
     torch.manual_seed(0)
     model = nn.Sequential(nn.Conv2d(128, 128, 3, padding=1), nn.ConvTranspose2d(128, 4, 4, 2, 1))
     optimized = optimize_for_inference(copy.deepcopy(model.eval()), device="cpu")
-    assert [type(m).__name__ for m in optimized] == ["_WinogradConv2d", "_GemmConvTranspose2d"]
+    assert [type(m).__name__ for m in optimized] == ["WinogradConv2d", "ConvTranspose2d"]
     x = torch.randn(1, 128, 16, 16)
     with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
         expected, out = model(x), optimized(x)
     assert calls == [] and out.dtype == expected.dtype == torch.bfloat16
     torch.testing.assert_close(out, expected, rtol=0.05, atol=0.05)
-
-
-@pytest.mark.parametrize(
-    "in_channels, out_channels, kernel, stride, padding, output_padding, dilation, bias",
-    [
-        (16, 5, 4, 2, 1, 0, 1, True),  # the keypoint heads' heatmap predictor, scaled down
-        (6, 4, 3, 3, 0, 2, 1, False),
-        (4, 3, (3, 2), (2, 1), (1, 0), (1, 0), (2, 1), True),
-    ],
-)  # fmt: skip
-def test_transposed_convs_as_matrix_products_equal_them(
-    in_channels, out_channels, kernel, stride, padding, output_padding, dilation, bias
-):
-    torch.manual_seed(0)
-    deconv = nn.ConvTranspose2d(
-        in_channels, out_channels, kernel, stride, padding, output_padding, bias=bias,
-        dilation=dilation,
-    ).eval()
-    optimized = optimize._gemm_conv_transpose(copy.deepcopy(deconv))
-    assert type(optimized).__name__ == "_GemmConvTranspose2d"
-    inputs = [
-        torch.randn(3, in_channels, 7, 9),
-        torch.randn(2, in_channels, 5, 6).contiguous(memory_format=torch.channels_last),
-        torch.zeros(0, in_channels, 7, 9),
-    ]
-    with torch.no_grad():
-        for x in inputs:
-            torch.testing.assert_close(optimized(x), deconv(x), rtol=1e-5, atol=1e-5)
-    # With autograd the transposed conv itself runs, and trains.
-    optimized(inputs[0]).sum().backward()
-    assert optimized.deconv.weight.grad is not None
-    # Grouped transposed convs, and output padding over the stride (allowed below the
-    # dilation), are left as they are.
-    assert optimize._gemm_conv_transpose(nn.ConvTranspose2d(4, 4, 2, groups=2)) is None
-    wide_output_padding = nn.ConvTranspose2d(4, 3, 3, padding=1, output_padding=1, dilation=2)
-    assert optimize._gemm_conv_transpose(wide_output_padding) is None
-
-
-def test_transposed_conv_as_matrix_product_falls_back_where_it_does_not_apply():
-    torch.manual_seed(0)
-    deconv = nn.ConvTranspose2d(8, 4, 4, stride=2, padding=1).eval()
-    optimized = optimize._gemm_conv_transpose(copy.deepcopy(deconv))
-    x = torch.randn(2, 8, 5, 5)
-    with torch.no_grad():
-        # output_size picks among the sizes that the stride allows.
-        out = optimized(x, output_size=[11, 11])
-        torch.testing.assert_close(out, deconv(x, output_size=[11, 11]))
-        assert out.shape == (2, 4, 11, 11)
-        torch.testing.assert_close(optimized(x[0]), deconv(x[0]))  # unbatched
 
 
 def test_module_lists_that_forwards_iterate_are_updated():
@@ -389,8 +344,8 @@ def test_module_lists_that_forwards_iterate_are_updated():
     x = torch.randn(1, 3, 64, 64)
     with torch.no_grad():
         expected = fpn(x)
-        optimize._replace_modules(fpn, optimize._winograd_conv)
-        assert all(type(conv).__name__ == "_WinogradConv2d" for conv in fpn.output_convs)
+        replace_modules(fpn, winograd.winograd_conv)
+        assert all(type(conv).__name__ == "WinogradConv2d" for conv in fpn.output_convs)
         for name, features in fpn(x).items():
             torch.testing.assert_close(features, expected[name], rtol=1e-4, atol=1e-4)
 
@@ -411,20 +366,20 @@ class _TwoLevelBackbone(Backbone):
 
 def test_rpn_head_runs_its_conv_on_all_levels_at_once(monkeypatch):
     batched_calls = []
-    winograd_maps = optimize.winograd_conv3x3_maps
+    winograd_maps = winograd.winograd_conv3x3_maps
 
     def counted_winograd_maps(xs, *args):
         batched_calls.append(len(xs))
         return winograd_maps(xs, *args)
 
-    monkeypatch.setattr(optimize, "winograd_conv3x3_maps", counted_winograd_maps)
+    monkeypatch.setattr(winograd, "winograd_conv3x3_maps", counted_winograd_maps)
     torch.manual_seed(0)
     container = nn.Module()
     container.rpn_head = StandardRPNHead(in_channels=128, num_anchors=3)
     head = container.eval().rpn_head
     optimized = optimize_for_inference(copy.deepcopy(container), device="cpu").rpn_head
-    assert type(optimized).__name__ == "_LevelBatchedRPNHead"
-    assert type(optimized.head.conv).__name__ == "_WinogradConv2d"
+    assert type(optimized).__name__ == "LevelBatchedRPNHead"
+    assert type(optimized.head.conv).__name__ == "WinogradConv2d"
 
     def assert_same_outputs(features):
         expected, actual = head(features), optimized(features)
@@ -481,7 +436,10 @@ def calibrated_model(cfg, generator):
     model = build_model(cfg).eval()
     randomize_norm_statistics(model, generator)
     with torch.no_grad():
-        for layer in (model.roi_heads.box_predictor.cls_score, model.roi_heads.box_predictor.bbox_pred):
+        for layer in (
+            model.roi_heads.box_predictor.cls_score,
+            model.roi_heads.box_predictor.bbox_pred,
+        ):
             layer.weight.normal_(0, 0.01, generator=generator)
             layer.bias.normal_(0, 0.1, generator=generator)
     return model
@@ -500,26 +458,28 @@ def test_optimized_model_gives_the_same_detections(config):
     generator = torch.Generator().manual_seed(0)
     model = calibrated_model(cfg, generator)
     optimized = optimize_for_inference(copy.deepcopy(model))
-    assert not any(
-        isinstance(m, (nn.BatchNorm2d, FrozenBatchNorm2d)) for m in optimized.modules()
-    )
+    assert not any(isinstance(m, (nn.BatchNorm2d, FrozenBatchNorm2d)) for m in optimized.modules())
     kinds = [type(m).__name__ for m in optimized.modules()]
     num_head_convs = len(cfg.MODEL.ROI_KEYPOINT_HEAD.CONV_DIMS)
     edw_head = cfg.MODEL.ROI_KEYPOINT_HEAD.CONV_TYPE == "edw"
-    assert kinds.count("_SplitEDWConv") == (num_head_convs if edw_head else 0)
+    assert kinds.count("SplitEDWConv") == (num_head_convs if edw_head else 0)
     assert kinds.count("ChannelsLastROIPooler") == 2  # box and keypoint heads
-    assert kinds.count("_GemmConvTranspose2d") == 1  # the heatmap predictor
     box_head_is_fc_only = cfg.MODEL.ROI_BOX_HEAD.NUM_CONV == 0
-    assert kinds.count("_ChannelsLastFlattenLinear") == int(box_head_is_fc_only)
+    assert kinds.count("ChannelsLastFlattenLinear") == int(box_head_is_fc_only)
     # Winograd for the FPN's and RPN's convs if they are wide, and the vanilla head's.
-    wide_fpn = cfg.MODEL.FPN.OUT_CHANNELS >= optimize._WinogradConv2d.min_channels
+    wide_fpn = cfg.MODEL.FPN.OUT_CHANNELS >= winograd.WinogradConv2d.min_channels
     vanilla_head = cfg.MODEL.ROI_KEYPOINT_HEAD.CONV_TYPE == "vanilla"
-    assert kinds.count("_WinogradConv2d") == (
+    assert kinds.count("WinogradConv2d") == (
         wide_fpn * (len(cfg.MODEL.FPN.IN_FEATURES) + 1) + vanilla_head * num_head_convs
     )
-    assert kinds.count("_LevelBatchedRPNHead") == wide_fpn
+    assert kinds.count("LevelBatchedRPNHead") == wide_fpn
     head_relus = [m for m in optimized.roi_heads.keypoint_head.modules() if type(m) is nn.ReLU]
     assert len(head_relus) == num_head_convs and all(relu.inplace for relu in head_relus)
+    assert_same_detections(model, optimized, generator)
+
+
+def assert_same_detections(model, optimized, generator):
+    """The same detections of two images, boxes and keypoints within 0.01 px."""
     inputs = [
         {"image": torch.randint(0, 256, (3, 240, 360), dtype=torch.uint8, generator=generator)},
         {"image": torch.randint(0, 256, (3, 320, 320), dtype=torch.uint8, generator=generator)},
@@ -534,4 +494,42 @@ def test_optimized_model_gives_the_same_detections(config):
         assert (result.pred_boxes.tensor - reference.pred_boxes.tensor).abs().max() <= 0.01
         keypoints, reference_keypoints = result.pred_keypoints, reference.pred_keypoints
         assert (keypoints[..., :2] - reference_keypoints[..., :2]).abs().max() <= 0.01
-        torch.testing.assert_close(keypoints[..., 2], reference_keypoints[..., 2], rtol=1e-4, atol=1e-4)
+        torch.testing.assert_close(
+            keypoints[..., 2], reference_keypoints[..., 2], rtol=1e-4, atol=1e-4
+        )
+
+
+def applied_rewrites(model):
+    """name -> whether that rewrite of REWRITES changed ``model`` (an optimized EDW model)."""
+    kinds = [type(m).__name__ for m in model.modules()]
+    head_relus = [m for m in model.roi_heads.keypoint_head.modules() if type(m) is nn.ReLU]
+    return {
+        "fold_norms": not any(
+            isinstance(m, (nn.BatchNorm2d, FrozenBatchNorm2d)) for m in model.modules()
+        ),
+        "split_edwconv": "SplitEDWConv" in kinds and "EDWConv" not in kinds,
+        "channels_last_roi": "ChannelsLastROIPooler" in kinds,
+        "winograd": "WinogradConv2d" in kinds and "LevelBatchedRPNHead" in kinds,
+        "best_first_rpn": type(model.proposal_generator).__name__ == "BestFirstRPN",
+        "inplace_relu": all(relu.inplace for relu in head_relus),
+        "channels_last": any(p.dim() == 4 and not p.is_contiguous() for p in model.parameters()),
+    }
+
+
+@pytest.mark.parametrize("skipped", REWRITES)
+def test_a_skipped_rewrite_leaves_its_modules_and_the_others_the_same_detections(skipped):
+    cfg = fix_num_detections(load_config(CONFIG_DIR / "keypoint_rcnn_mv3_fpn_320_edw.yaml"), 20)
+    cfg.MODEL.DEVICE = "cpu"
+    generator = torch.Generator().manual_seed(0)
+    model = calibrated_model(cfg, generator)
+    assert not any(applied_rewrites(model).values())
+    optimized = optimize_for_inference(copy.deepcopy(model), skip=(skipped,))
+    applied = applied_rewrites(optimized)
+    assert applied == {name: name != skipped for name in REWRITES}
+    assert_same_detections(model, optimized, generator)
+    assert all(applied_rewrites(optimize_for_inference(optimized)).values())
+
+
+def test_unknown_rewrites_to_skip_are_an_error_that_names_the_rewrites():
+    with pytest.raises(ValueError, match="'winograd_convs'.*fold_norms.*channels_last"):
+        optimize_for_inference(nn.Sequential(nn.Conv2d(1, 1, 1)).eval(), skip=("winograd_convs",))

@@ -1,4 +1,5 @@
 """The best-first RPN proposal selection returns exactly detectron2's."""
+
 import pytest
 import torch
 
@@ -7,9 +8,11 @@ from detectron2.modeling.proposal_generator.proposal_utils import find_top_rpn_p
 from detectron2.modeling.proposal_generator.rpn import RPN
 from detectron2.structures import Boxes
 
-from d2_edwpose.modeling import rpn_proposals
-from d2_edwpose.modeling.optimize import optimize_for_inference
-from d2_edwpose.modeling.rpn_proposals import BestFirstRPN, find_top_rpn_proposals_best_first
+from d2_edwpose.modeling.cpu_inference import best_first_rpn, optimize_for_inference
+from d2_edwpose.modeling.cpu_inference.best_first_rpn import (
+    BestFirstRPN,
+    find_top_rpn_proposals_best_first,
+)
 from d2_edwpose.tools.analyze_model import CONFIG_DIR, load_config
 
 IMAGE_SIZE = (320, 320)
@@ -48,7 +51,7 @@ def tries(monkeypatch):
         counts.append(sum(level.shape[1] for level in proposals))
         return find_top_rpn_proposals(proposals, *args)
 
-    monkeypatch.setattr(rpn_proposals, "find_top_rpn_proposals", counted)
+    monkeypatch.setattr(best_first_rpn, "find_top_rpn_proposals", counted)
     return counts
 
 
@@ -155,13 +158,13 @@ def test_optimize_for_inference_selects_a_models_proposals_best_first(monkeypatc
     assert type(model.proposal_generator) is BestFirstRPN
 
     calls = []
-    selection = rpn_proposals.find_top_rpn_proposals_best_first
+    selection = best_first_rpn.find_top_rpn_proposals_best_first
 
     def selection_of_both(*args):
         calls.append(args)
         return selection(*args)
 
-    monkeypatch.setattr(rpn_proposals, "find_top_rpn_proposals_best_first", selection_of_both)
+    monkeypatch.setattr(best_first_rpn, "find_top_rpn_proposals_best_first", selection_of_both)
     image = {"image": torch.randint(0, 256, (3, 320, 320), dtype=torch.uint8)}
     with torch.no_grad():
         model([image])
@@ -185,4 +188,3 @@ def test_optimize_for_inference_selects_a_models_proposals_best_first(monkeypatc
         with torch.set_grad_enabled(grad):
             rpn.predict_proposals(anchors, logits, deltas, [IMAGE_SIZE])
         assert len(calls) == expected_calls
-

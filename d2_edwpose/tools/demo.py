@@ -25,7 +25,7 @@ from d2_edwpose import add_edwpose_config
 from d2_edwpose.atomic_files import atomic_path
 from d2_edwpose.data import register_config_datasets
 from d2_edwpose.engine import build_predictor
-from d2_edwpose.modeling.optimize import optimize_for_inference
+from d2_edwpose.modeling.cpu_inference import optimize_for_inference
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"}
 VIDEO_SUFFIXES = {".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v"}

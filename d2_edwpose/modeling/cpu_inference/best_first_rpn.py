@@ -1,40 +1,39 @@
-"""detectron2's test-time RPN proposal selection with NMS run on the best candidates first.
+"""Best-first RPN proposals: detectron2's test-time RPN proposal selection with NMS run on the
+best candidates first.
 
 detectron2's :func:`find_top_rpn_proposals` takes the ``pre_nms_topk`` best anchors of every
-level (3,375 for the paper configs: 1,000 + 1,000 + 1,000 + 300 + 75), runs NMS on all of them
-and keeps the ``post_nms_topk`` best survivors. torchvision's CPU NMS compares every kept box with
-every later one, so where few boxes overlap (an RPN that is unsure, randomly initialised weights)
-it costs ~n^2 / 2 IoUs: 11 of the 16 ms of the selection on two cores (paper configs, random
-weights).
+level, runs NMS on all of them and keeps the ``post_nms_topk`` best survivors. torchvision's CPU
+NMS compares every kept box with every later one, so where few boxes overlap (an RPN that is
+unsure, randomly initialised weights) it costs ~n^2 / 2 IoUs.
 
 Greedy NMS decides each box from the higher-scoring boxes of its level alone. NMS over the
 candidates scoring at least some threshold therefore keeps the boxes that NMS over all
 candidates keeps among them, and once those are ``post_nms_topk`` they are the answer: every
 other survivor scores lower. :func:`find_top_rpn_proposals_best_first` runs detectron2's own
 selection on the best ``1.5 * post_nms_topk`` candidates first and on more (at last all) only
-when too few survive: 16 -> 6 ms with random weights, 10 -> 5 ms with the EDW demo model's on
-COCO images (at the paper configs' 1,000 / 1,000 proposals). Two cases take all candidates at
-once: equal scores among the tried ones (``torch.sort`` orders them by the tensor it sorts, so
-detectron2 could order, and suppress, them differently in a part) and NaN scores (sorted
-first, they take candidate places that a part would give to others).
+when too few survive. Two cases take all candidates at once: equal scores among the tried ones
+(``torch.sort`` orders them by the tensor it sorts, so detectron2 could order, and suppress,
+them differently in a part) and NaN scores (sorted first, they take candidate places that a
+part would give to others).
 
-The result is detectron2's up to float rounding, like the other rewrites of
-:func:`~d2_edwpose.modeling.optimize.optimize_for_inference`: torchvision's ``batched_nms``
-runs one NMS on boxes shifted by level (by the largest coordinate of the set + 1) when there
-are at most 1,000 boxes on a CPU, and one NMS per level on the boxes as they are otherwise.
-The shift rounds coordinates, so a part and all candidates, run the one way and the other, can
-compute an IoU differently in its last bits and decide differently for a pair of boxes whose
-IoU is within ~1e-6 of the NMS threshold.
+The result is detectron2's up to float rounding: torchvision's ``batched_nms`` runs one NMS on
+boxes shifted by level (by the largest coordinate of the set + 1) when there are at most 1,000
+boxes on a CPU, and one NMS per level on the boxes as they are otherwise. The shift rounds
+coordinates, so a part and all candidates, run the one way and the other, can compute an IoU
+differently in its last bits and decide differently for a pair of boxes whose IoU is within
+~1e-6 of the NMS threshold.
 """
+
 import math
 from typing import List, Tuple
 
 import torch
+from torch import nn
 
 from detectron2.modeling.proposal_generator.proposal_utils import find_top_rpn_proposals
 from detectron2.modeling.proposal_generator.rpn import RPN
 
-__all__ = ["find_top_rpn_proposals_best_first", "BestFirstRPN"]
+__all__ = ["BestFirstRPN", "find_top_rpn_proposals_best_first", "select_rpn_proposals_best_first"]
 
 # The first try takes this many candidates per proposal to keep. With randomly initialised weights
 # ~90% of all candidates survive NMS, with the demo's trained weights 70-80% (fewer among the
@@ -113,8 +112,8 @@ class BestFirstRPN(RPN):
     """detectron2's :class:`RPN` selecting its CPU inference proposals with
     :func:`find_top_rpn_proposals_best_first`; training, tracing and other devices (whose NMS
     kernels do not compare box after box) take detectron2's path. It adds no state:
-    :func:`~d2_edwpose.modeling.optimize.optimize_for_inference` turns a model's detectron2 RPN
-    into one by setting its class."""
+    :func:`select_rpn_proposals_best_first` turns a detectron2 RPN into one by setting its
+    class."""
 
     def predict_proposals(self, anchors, pred_objectness_logits, pred_anchor_deltas, image_sizes):
         if (
@@ -137,3 +136,14 @@ class BestFirstRPN(RPN):
                 self.min_box_size,
                 False,
             )
+
+
+def select_rpn_proposals_best_first(model: nn.Module) -> int:
+    """Make every detectron2 :class:`RPN` of ``model`` a :class:`BestFirstRPN`, in place (same
+    object, submodules and settings); returns how many."""
+    changed = 0
+    for module in model.modules():
+        if type(module) is RPN:
+            module.__class__ = BestFirstRPN
+            changed += 1
+    return changed

@@ -1,21 +1,22 @@
-"""RoIAlign over channels-last feature maps as one weighted gather, for CPU inference.
+"""Channels-last RoI pooling: RoIAlign over channels-last feature maps as one weighted gather,
+for CPU inference, and box heads that flatten its output in memory order.
 
 torchvision's CPU ``roi_align`` walks NCHW planes one channel at a time: per RoI it computes
 the bilinear sampling positions and weights once, then reads four scattered pixels per sample
 for each of the C channels. In channels-last memory the C values of one pixel are contiguous,
 so every sample is instead four weighted C-vector reads, which
 :func:`torch.nn.functional.embedding_bag` (``mode="sum"`` with ``per_sample_weights``) does
-vectorised and multi-threaded. Together with pooling all FPN levels in one call (detectron2's
-:class:`~detectron2.modeling.poolers.ROIPooler` zero-fills an output and pools level by level)
-this took the paper configs' box RoIAlign on 1,000 proposals from 59 ms to 9 ms on two cores
-(README, "Speed").
+vectorised and multi-threaded, for all FPN levels in one call (detectron2's
+:class:`~detectron2.modeling.poolers.ROIPooler` zero-fills an output and pools level by level).
 
 The weights are those of torchvision's kernel (``aligned`` offsets, adaptive sampling grid,
 samples outside the map, clamping at its borders); only the order of the float sums differs.
 """
+
 from typing import List
 
 import torch
+from torch import nn
 from torch.nn import functional as F
 
 from detectron2.layers import ROIAlign
@@ -26,22 +27,15 @@ from detectron2.modeling.poolers import (
 )
 from detectron2.structures import Boxes
 
-from ..compat import cpu_autocast_enabled
+from . import is_cpu_float32_inference
+from .module_replacement import Rewritten, replace_modules
 
-__all__ = ["ChannelsLastROIPooler", "roi_align_sampling", "is_cpu_float32_inference"]
-
-
-def is_cpu_float32_inference(x: torch.Tensor) -> bool:
-    """Where the CPU inference rewrites of ``optimize_for_inference`` take their own path:
-    eager (not tracing), no autograd, no autocast, on a float32 CPU tensor. Elsewhere they run
-    the module they replaced."""
-    return (
-        not torch.jit.is_tracing()
-        and not torch.is_grad_enabled()
-        and x.device.type == "cpu"
-        and x.dtype == torch.float32
-        and not cpu_autocast_enabled()
-    )
+__all__ = [
+    "ChannelsLastFlattenLinear",
+    "ChannelsLastROIPooler",
+    "pool_rois_channels_last",
+    "roi_align_sampling",
+]
 
 
 def _axis_sampling(start, extent, length, pooled: int, sampling_ratio: int, aligned: bool):
@@ -158,10 +152,10 @@ def _pixel_table(x: List[torch.Tensor], rows: List[int]) -> torch.Tensor:
     return table
 
 
-class ChannelsLastROIPooler(ROIPooler):
+class ChannelsLastROIPooler(Rewritten, ROIPooler):
     """
     detectron2's :class:`ROIPooler` for ``ROIAlign``/``ROIAlignV2``, pooling CPU inference
-    calls with one weighted gather over all levels (see the module docstring). It returns the
+    calls with one weighted gather over all levels (module docstring). It returns the
     same (M, C, output_h, output_w) tensor up to float rounding, in channels-last memory.
     Outside :func:`is_cpu_float32_inference` (autograd, other devices and dtypes, autocast,
     tracing) it takes detectron2's path; it is not scriptable.
@@ -248,3 +242,64 @@ class ChannelsLastROIPooler(ROIPooler):
             pooled = F.embedding_bag(indices, table, mode="sum", per_sample_weights=weights)
         height, width = self.output_size
         return pooled.view(rois.shape[0], height, width, num_channels).permute(0, 3, 1, 2)
+
+
+def _channels_last_pooler(module):
+    if ChannelsLastROIPooler.supports(module):
+        return ChannelsLastROIPooler.from_pooler(module)
+    return None
+
+
+class ChannelsLastFlattenLinear(Rewritten, nn.Module):
+    """``nn.Flatten()`` then ``linear`` for (N, C, H, W) inputs, flattening in (H, W, C) order:
+    a view of channels-last memory, where flattening in (C, H, W) order copies (50 MB for the
+    paper configs' 1,000 RoIs). The linear layer's input features are permuted to match; they
+    are this module's ``weight``, a new state-dict key, so that an optimized model's weights
+    cannot be loaded into a model as built by mistake."""
+
+    def __init__(self, linear: nn.Linear, channels: int, height: int, width: int):
+        super().__init__()
+        weight = linear.weight.detach().view(-1, channels, height, width).permute(0, 2, 3, 1)
+        self.weight = nn.Parameter(weight.reshape(linear.weight.shape).contiguous())
+        self.bias = linear.bias
+
+    def forward(self, x):
+        return F.linear(x.permute(0, 2, 3, 1).flatten(1), self.weight, self.bias)
+
+
+@torch.no_grad()
+def _flatten_box_features_channels_last(model: nn.Module) -> int:
+    """Flatten the channels-last RoI features of box heads that begin with ``flatten`` and a
+    linear layer (detectron2's ``FastRCNNConvFCHead`` without convs) without copying them;
+    returns how many heads were changed. The heads are found as detectron2's ROI heads name
+    them, ``box_pooler`` feeding ``box_head``."""
+    changed = 0
+    for module in model.modules():
+        pooler, head = getattr(module, "box_pooler", None), getattr(module, "box_head", None)
+        if not isinstance(pooler, ChannelsLastROIPooler) or not isinstance(head, nn.Sequential):
+            continue
+        children = list(head.named_children())
+        if len(children) < 2:
+            continue
+        (flatten_name, flatten), (linear_name, linear) = children[:2]
+        if not (
+            type(flatten) is nn.Flatten
+            and (flatten.start_dim, flatten.end_dim) == (1, -1)
+            and type(linear) is nn.Linear
+        ):
+            continue
+        height, width = pooler.output_size
+        channels = linear.in_features // (height * width)
+        setattr(head, flatten_name, ChannelsLastFlattenLinear(linear, channels, height, width))
+        setattr(head, linear_name, nn.Identity())
+        changed += 1
+    return changed
+
+
+def pool_rois_channels_last(model: nn.Module) -> dict:
+    """Replace the RoIAlign poolers of ``model`` by :class:`ChannelsLastROIPooler`, then let the
+    fc box heads that they feed flatten in memory order; returns the counts of both."""
+    return {
+        "channels-last RoI poolers": replace_modules(model, _channels_last_pooler),
+        "channels-last box-feature flattens": _flatten_box_features_channels_last(model),
+    }

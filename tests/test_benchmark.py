@@ -178,14 +178,14 @@ def test_rewrites_table_states_each_rewrites_share_of_the_latency_without_it():
     # Paired by round: a slower round 2 for "b" leaves the shares as they are.
     slow_round = {variant: [t[0], 2 * t[1]] for variant, t in seconds.items()}
     table = format_rewrites_table(
-        {"a": seconds, "b": {**slow_round, "winograd": [0.08, 0.16]}}, 20, (320, 320)
+        {"a": seconds, "b": {**slow_round, "best_first_rpn": [0.08, 0.16]}}, 20, (320, 320)
     )
     assert "| (all rewrites) | 80.0 ms | – | 120.0 ms | – |" in table
     as_built = "+60.0% (+60.0 to +60.0)"
     assert f"| (as built: none) | 200.0 ms | {as_built} | 300.0 ms | {as_built} |" in table
     assert (
-        "| winograd | 100.0 ms | +20.0% (+20.0 to +20.0) | 120.0 ms | +0.0% (+0.0 to +0.0) |"
-        in table
+        "| best_first_rpn | 100.0 ms | +20.0% (+20.0 to +20.0) | 120.0 ms "
+        "| +0.0% (+0.0 to +0.0) |" in table
     )
     assert "N = 20 people per image" in table and "2 interleaved rounds" in table
 

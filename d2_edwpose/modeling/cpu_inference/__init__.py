@@ -4,8 +4,8 @@
 in the order of :data:`REWRITES`; ``skip`` leaves any of them out. Norm folding applies on every
 device, the others on CPU only. What each does and buys: docs/speed.md, "CPU inference rewrites".
 
-Each rewrite gives the same result up to float rounding (folding reorders a product, Winograd
-transforms the tiles, NMS on fewer boxes may shift them by level); ``tests/test_optimize.py``
+Each rewrite gives the same result up to float rounding (folding reorders a product, the
+EDWConv split sums in another order, NMS on fewer boxes may shift them by level); ``tests/test_optimize.py``
 checks equal detections with boxes and keypoints within 0.01 px.
 """
 
@@ -36,9 +36,7 @@ def is_cpu_float32_inference(x: torch.Tensor) -> bool:
 from .best_first_rpn import select_rpn_proposals_best_first  # noqa: E402
 from .channels_last_roi import pool_rois_channels_last  # noqa: E402
 from .edwconv_split import split_edwconvs  # noqa: E402
-from .inplace_relu import relus_in_place  # noqa: E402
 from .norm_folding import fold_conv_norms  # noqa: E402
-from .winograd import convs_by_winograd  # noqa: E402
 
 logger = logging.getLogger(__name__)
 
@@ -50,20 +48,17 @@ def _channels_last(model: nn.Module) -> dict:
     return {}
 
 
-# name -> (CPU only, rewrite returning {what: count}), in the order they are applied: the EDWConv
-# split and Winograd before the in-place ReLUs, which know their modules.
+# name -> (CPU only, rewrite returning {what: count}), in the order they are applied.
 _REWRITE_STEPS = {
     "fold_norms": (False, lambda model: {"folded norms": fold_conv_norms(model)}),
     "split_edwconv": (True, lambda model: {"EDWConvs": split_edwconvs(model)}),
     "channels_last_roi": (True, pool_rois_channels_last),
-    "winograd": (True, convs_by_winograd),
     "best_first_rpn": (
         True,
         lambda model: {
             "best-first RPN proposal selections": select_rpn_proposals_best_first(model)
         },
     ),
-    "inplace_relu": (True, lambda model: {"in-place ReLUs": relus_in_place(model)}),
     "channels_last": (True, _channels_last),
 }
 # The rewrites' names, in the order they are applied: what ``skip`` takes.
@@ -83,9 +78,8 @@ def optimize_for_inference(model: nn.Module, device=None, skip=()) -> nn.Module:
         skip: names of :data:`REWRITES` to leave out (e.g. to measure what one buys).
 
     Forward hooks registered on modules that a rewrite replaces or computes differently (a
-    folded norm, a conv run by Winograd, the RPN head's conv run once for all levels) do not
-    run on the rewritten path: register hooks on the optimized model's modules. A hook that
-    keeps the output of a conv followed by a ReLU made in-place sees it rectified.
+    folded norm, a split EDWConv, a replaced RoI pooler) do not run on the rewritten path:
+    register hooks on the optimized model's modules.
     """
     unknown = sorted(set(skip) - set(REWRITES))
     if unknown:

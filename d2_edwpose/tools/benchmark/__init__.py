@@ -40,7 +40,7 @@ from detectron2.evaluation import DatasetEvaluators, inference_on_dataset
 from detectron2.modeling import build_model
 from detectron2.utils.logger import setup_logger
 
-from d2_edwpose.checkpoint import SafeCheckpointer
+from d2_edwpose.checkpoint import AtomicValidatingCheckpointer
 from d2_edwpose.data import register_config_datasets
 from d2_edwpose.modeling.cpu_inference import optimize_for_inference
 from d2_edwpose.tools.analyze_model import PAPER_CONFIGS, REALTIME_CONFIG, STOCK_R50, load_config
@@ -79,7 +79,7 @@ def run_dataset(args):
     cfg.MODEL.DEVICE = args.device
     register_config_datasets(cfg)
     model = build_model(cfg).eval()
-    SafeCheckpointer(model).resume_or_load(cfg.MODEL.WEIGHTS, resume=False)
+    AtomicValidatingCheckpointer(model).resume_or_load(cfg.MODEL.WEIGHTS, resume=False)
     if args.optimize:
         optimize_for_inference(model)
     loader = build_detection_test_loader(cfg, args.dataset)

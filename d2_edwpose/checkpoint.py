@@ -125,5 +125,5 @@ class AtomicValidatingCheckpointer(DetectionCheckpointer):
         return incompatible
 
 
-# The class's earlier name, kept so that code written against it still imports.
+# Its former name, kept for existing imports.
 SafeCheckpointer = AtomicValidatingCheckpointer

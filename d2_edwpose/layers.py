@@ -153,6 +153,8 @@ def conv_class_of_type(conv_type, expand_factor):
     detectron2's :class:`Conv2d` ("vanilla"), :class:`DWConv` ("dw") or :class:`EDWConv` with
     ``expand_factor`` ("edw"), all taking ``Conv2d``'s arguments.
     """
+    if conv_type not in CONV_TYPES:
+        raise ValueError(f"conv_type={conv_type!r}: expected one of {CONV_TYPES}")
     if conv_type == "edw":
         return partial(EDWConv, expand_factor=expand_factor)
     return {"vanilla": Conv2d, "dw": DWConv}[conv_type]

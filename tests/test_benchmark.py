@@ -170,6 +170,8 @@ def test_rewrites_mode_times_each_rewrite_left_out(capsys):
         assert f"| {rewrite} | " in table
     with pytest.raises(SystemExit):
         main([str(REALTIME_CONFIG), "--rewrites", "--optimize", "--device", "cpu"])
+    with pytest.raises(SystemExit):
+        main([str(REALTIME_CONFIG), "--cpu-time", "--device", "cpu"])  # without --rewrites
 
 
 def test_rewrites_table_states_each_rewrites_share_of_the_latency_without_it():

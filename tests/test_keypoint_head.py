@@ -18,7 +18,7 @@ from detectron2.utils.events import EventStorage
 
 import d2_edwpose.modeling  # noqa: F401 (registers the head)
 from d2_edwpose.config import add_edwpose_config
-from d2_edwpose.layers import DWConv, EDWConv
+from d2_edwpose.layers import DWConv, EDWConv, conv_class_of_type
 from d2_edwpose.modeling.roi_heads import KRCNNConfigurableConvDeconvUpsampleHead
 
 HEAD_NAME = "KRCNNConfigurableConvDeconvUpsampleHead"
@@ -48,6 +48,11 @@ def num_parameters(module):
 
 
 # --- DWConv / EDWConv --------------------------------------------------------------------------
+
+
+def test_an_unknown_conv_type_is_an_error_naming_the_types():
+    with pytest.raises(ValueError, match="'sep'.*vanilla.*dw.*edw"):
+        conv_class_of_type("sep", 2)
 
 
 @pytest.mark.parametrize(

@@ -3,7 +3,7 @@
 The network is the ``features`` of torchvision's ``mobilenet_v3_large`` / ``mobilenet_v3_small``
 (built by those functions, without weights), so that its state-dict keys are torchvision's
 without the classifier: ``features.<i>.<...>`` here is ``features.<i>.<...>`` there, and
-torchvision's ImageNet weights load once renamed (:mod:`d2_edwpose.checkpoint`).
+torchvision's ImageNet weights load once renamed (:mod:`d2_edwpose.torchvision_weights`).
 
 Outputs are named by stride, after the last layer at that stride. With torchvision's indices:
 

@@ -14,29 +14,13 @@ import logging
 import torch
 from torch import nn
 
-from ...compat import cpu_autocast_enabled
+from .best_first_rpn import select_rpn_proposals_best_first
+from .channels_last_roi import pool_rois_channels_last
+from .edwconv_split import split_edwconvs
+from .inference_gate import is_cpu_float32_inference
+from .norm_folding import fold_conv_norms
 
 __all__ = ["REWRITES", "fold_conv_norms", "is_cpu_float32_inference", "optimize_for_inference"]
-
-
-# Defined before the rewrites are imported, since their forwards call it from here.
-def is_cpu_float32_inference(x: torch.Tensor) -> bool:
-    """Where the CPU rewrites take their own path: eager (not tracing), no autograd, no
-    autocast, on a float32 CPU tensor. Elsewhere they run the module they replaced, so that an
-    optimized model still exports, trains its remaining parameters and runs autocast."""
-    return (
-        not torch.jit.is_tracing()
-        and not torch.is_grad_enabled()
-        and x.device.type == "cpu"
-        and x.dtype == torch.float32
-        and not cpu_autocast_enabled()
-    )
-
-
-from .best_first_rpn import select_rpn_proposals_best_first  # noqa: E402
-from .channels_last_roi import pool_rois_channels_last  # noqa: E402
-from .edwconv_split import split_edwconvs  # noqa: E402
-from .norm_folding import fold_conv_norms  # noqa: E402
 
 logger = logging.getLogger(__name__)
 

@@ -27,7 +27,7 @@ from detectron2.modeling.poolers import (
 )
 from detectron2.structures import Boxes
 
-from . import is_cpu_float32_inference
+from .inference_gate import is_cpu_float32_inference
 from .module_replacement import Rewritten, replace_modules
 
 __all__ = [

@@ -144,6 +144,8 @@ def main(argv=None):
     args = parser.parse_args(argv)
     if args.deploy == []:
         args.deploy = list(DEPLOY_ROWS)
+    if args.cpu_time and not args.rewrites:
+        parser.error("--cpu-time times the --rewrites mode only")
     if args.repeats < 2:
         parser.error(f"--repeats {args.repeats}: at least 2 timed runs are needed for a spread")
     if args.dataset:

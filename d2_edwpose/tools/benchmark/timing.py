@@ -93,10 +93,7 @@ def time_interleaved(calls, warmup, repeats, clock=time.perf_counter):
     return times
 
 
-# The deployment rows of --deploy: (runtime, precision) of the runner on the ONNX export.
-
-
-# Process settings that change CPU latency (see the README's "CPU settings"); the table states them.
+# Process settings that change CPU latency (docs/speed.md, "CPU settings"); the table states them.
 RUNTIME_SETTINGS = ("OMP_NUM_THREADS", "OMP_WAIT_POLICY", "GLIBC_TUNABLES")
 
 

@@ -19,6 +19,7 @@ from .timing import (
     build_benchmark_model,
     describe_cpu,
     fix_num_detections,
+    p10_p90,
     pytorch_call,
     runtime_settings,
     synchronize,
@@ -184,13 +185,13 @@ def run_direct(args):
 
 
 def _row(kind, times, num_people, flops):
-    quantiles = statistics.quantiles(times, n=10)
+    p10, p90 = p10_p90(times)
     return {
         **kind,
         "people": num_people,
         "median_ms": 1000 * statistics.median(times),
-        "p10_ms": 1000 * quantiles[0],
-        "p90_ms": 1000 * quantiles[-1],
+        "p10_ms": 1000 * p10,
+        "p90_ms": 1000 * p90,
         "params_m": flops["total_params"] / 1e6,
         "gflops": flops["backbone_gflops"]
         + flops["rpn_gflops"]

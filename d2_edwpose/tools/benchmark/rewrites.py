@@ -13,6 +13,7 @@ from .timing import (
     build_benchmark_model,
     describe_cpu,
     fix_num_detections,
+    p10_p90,
     pytorch_call,
     runtime_settings,
     time_interleaved,
@@ -77,7 +78,7 @@ def format_rewrites_table(results, num_people, size, clock_name="wall time"):
         for name in names:
             without = results[name][variant]
             shares = _shares(without, results[name][ALL_REWRITES])
-            low, high = _spread(shares)
+            low, high = p10_p90(shares)
             cells.append(
                 f"{1000 * statistics.median(without):.1f} ms "
                 f"| {100 * statistics.median(shares):+.1f}% ({100 * low:+.1f} to {100 * high:+.1f})"
@@ -86,9 +87,3 @@ def format_rewrites_table(results, num_people, size, clock_name="wall time"):
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
-
-def _spread(values):
-    if len(values) < 2:
-        return values[0], values[0]
-    deciles = statistics.quantiles(values, n=10, method="inclusive")
-    return deciles[0], deciles[-1]

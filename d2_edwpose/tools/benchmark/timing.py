@@ -2,6 +2,7 @@
 machine it ran on."""
 
 import os
+import statistics
 import time
 
 import torch
@@ -13,6 +14,7 @@ __all__ = [
     "describe_cpu",
     "fix_num_detections",
     "measure_latency",
+    "p10_p90",
     "pytorch_call",
     "runtime_settings",
     "synchronize",
@@ -95,6 +97,15 @@ def time_interleaved(calls, warmup, repeats, clock=time.perf_counter):
 
 # Process settings that change CPU latency (docs/speed.md, "CPU settings"); the table states them.
 RUNTIME_SETTINGS = ("OMP_NUM_THREADS", "OMP_WAIT_POLICY", "GLIBC_TUNABLES")
+
+
+def p10_p90(values):
+    """The 10th and 90th percentiles of ``values``, the spread every table of the benchmark
+    states (one value: itself twice)."""
+    if len(values) < 2:
+        return values[0], values[0]
+    deciles = statistics.quantiles(values, n=10)
+    return deciles[0], deciles[-1]
 
 
 def runtime_settings() -> str:

@@ -19,8 +19,8 @@ def _fsync(path, flags):
 
 @contextlib.contextmanager
 def atomic_path(path):
-    """Yield a temporary path in the folder of ``path``, for a writer that takes a file name
-    (OpenCV's); once the block completes, the file written there is flushed to disk and renamed
+    """Yield a temporary path in the folder of ``path`` (created if missing), for a writer that
+    takes a file name (OpenCV's); once the block completes, the file written there is flushed to disk and renamed
     over ``path`` (``os.replace`` is atomic).
 
     The temporary name keeps the suffix of ``path``, as OpenCV picks the format by it. If the
@@ -30,6 +30,7 @@ def atomic_path(path):
     directory, name = os.path.split(os.path.abspath(path))
     suffix = os.path.splitext(name)[1]
     temporary = os.path.join(directory, f".{name}.{secrets.token_hex(4)}.tmp{suffix}")
+    os.makedirs(directory, exist_ok=True)
     try:
         yield temporary
         _fsync(temporary, os.O_RDWR)

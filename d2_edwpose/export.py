@@ -196,7 +196,6 @@ def export_onnx(model, output_path, keypoint_names=None):
     onnx.helper.set_model_props(proto, {onnx_pose_runner.METADATA_KEY: json.dumps(metadata)})
     onnx.checker.check_model(proto)
     output_path = Path(output_path)
-    output_path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_open(output_path, "wb") as f:
         f.write(proto.SerializeToString())
     return output_path
@@ -213,7 +212,6 @@ def export_torchscript(model, output_path, keypoint_names=None):
         traced = torch.jit.trace(adapter, adapter.flattened_inputs, check_trace=False)
     extra_files = {TORCHSCRIPT_METADATA_FILE: json.dumps(_metadata(model, TORCHSCRIPT_FORMAT, keypoint_names))}
     output_path = Path(output_path)
-    output_path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_open(output_path, "wb") as f:
         torch.jit.save(traced, f, _extra_files=extra_files)
     return output_path

@@ -116,7 +116,6 @@ def quantize_int8(onnx_path, output_path, image_paths):
     info.update(precision="int8", calibration_images=len(image_paths))
     onnx.helper.set_model_props(model, {**metadata, METADATA_KEY: json.dumps(info)})
     output_path = Path(output_path)
-    output_path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_open(output_path, "wb") as f:
         f.write(model.SerializeToString())
     return output_path

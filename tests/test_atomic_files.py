@@ -37,3 +37,11 @@ def test_a_writer_by_file_name_gets_the_suffix_and_failures_leave_nothing(tmp_pa
             raise OSError("the writer could not finish")
     assert (cv2.imread(str(target)) == image).all()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["drawn.png"]
+
+
+def test_the_folder_of_the_file_is_created(tmp_path):
+    target = tmp_path / "export" / "models" / "model.onnx"
+    with atomic_open(target, "wb") as f:
+        f.write(b"graph")
+    assert target.read_bytes() == b"graph"
+    assert sorted(p.name for p in target.parent.iterdir()) == ["model.onnx"]

@@ -23,6 +23,7 @@ with the format, ``input_format``, ``input_size``, ``score_threshold``, ``num_ke
 when known, ``keypoint_names``.
 """
 import contextlib
+import copy
 import io
 import json
 import os
@@ -38,6 +39,7 @@ from detectron2.export import TracingAdapter
 
 from .atomic_files import atomic_open
 from .deploy import onnx_pose_runner
+from .modeling.cpu_inference.edwconv_split import split_edwconvs
 from .modeling.meta_arch import FixedInputSizeRCNN, resize_to_fixed_size
 from .modeling.roi_heads.keypoint_decoding import heatmaps_to_keypoints
 
@@ -130,12 +132,20 @@ def _batched_nms_without_branches(boxes, scores, idxs, iou_threshold):
 
 @contextlib.contextmanager
 def _exporting(model, decode_keypoints):
-    """``model`` in eval mode with a :class:`_SingleImageKeypointHead`, and detectron2's NMS
-    calls branch-free (:func:`_batched_nms_without_branches`); restored afterwards."""
-    was_training = model.training
-    head = model.roi_heads.keypoint_head
-    model.eval()
-    model.roi_heads.keypoint_head = _SingleImageKeypointHead(head, decode_keypoints)
+    """A copy of ``model`` in the form that is traced: in eval mode, with a
+    :class:`_SingleImageKeypointHead`, its EDWConvs as plain depthwise-separable convs
+    (:func:`split_edwconvs`) and detectron2's NMS calls branch-free
+    (:func:`_batched_nms_without_branches`); ``model`` itself is left as it is.
+
+    An EDWConv's depthwise conv (groups = in_channels, e > 1 filters each) misses oneDNN's
+    depthwise kernel, in OpenVINO too, and runs slower than its e plain depthwise convs: in
+    bfloat16 the realtime config's whole graph took twice as long (docs/deploy.md).
+    """
+    exported = copy.deepcopy(model).eval()
+    split_edwconvs(exported)
+    exported.roi_heads.keypoint_head = _SingleImageKeypointHead(
+        exported.roi_heads.keypoint_head, decode_keypoints
+    )
     # detectron2.layers.batched_nms calls torchvision.ops.boxes.batched_nms.
     batched_nms = torchvision.ops.boxes.batched_nms
     torchvision.ops.boxes.batched_nms = _batched_nms_without_branches
@@ -145,11 +155,9 @@ def _exporting(model, decode_keypoints):
             # detectron2's inference these are asserts and shape checks of a fixed-size
             # input. The tests check the traced graphs on images with other detections.
             warnings.simplefilter("ignore", torch.jit.TracerWarning)
-            yield model
+            yield exported
     finally:
         torchvision.ops.boxes.batched_nms = batched_nms
-        model.roi_heads.keypoint_head = head
-        model.train(was_training)
 
 
 def _tracing_adapter(model, keypoints_field):
@@ -175,8 +183,8 @@ def export_onnx(model, output_path, keypoint_names=None):
     import onnx  # only needed to export
 
     _check_exportable(model)
-    with _exporting(model, decode_keypoints=False):
-        adapter = _tracing_adapter(model, "pred_keypoint_heatmaps")
+    with _exporting(model, decode_keypoints=False) as exported:
+        adapter = _tracing_adapter(exported, "pred_keypoint_heatmaps")
         buffer = io.BytesIO()
         detections = {0: "detections"}
         torch.onnx.export(
@@ -206,8 +214,8 @@ def export_torchscript(model, output_path, keypoint_names=None):
     (outputs :data:`TORCHSCRIPT_OUTPUT_NAMES`); returns its path. ``keypoint_names`` as for
     :func:`export_onnx`."""
     _check_exportable(model)
-    with _exporting(model, decode_keypoints=True):
-        adapter = _tracing_adapter(model, "pred_keypoints")
+    with _exporting(model, decode_keypoints=True) as exported:
+        adapter = _tracing_adapter(exported, "pred_keypoints")
         # check_trace would re-run the model and compare, which the tests do on real images.
         traced = torch.jit.trace(adapter, adapter.flattened_inputs, check_trace=False)
     extra_files = {TORCHSCRIPT_METADATA_FILE: json.dumps(_metadata(model, TORCHSCRIPT_FORMAT, keypoint_names))}

@@ -32,6 +32,7 @@ from d2_edwpose.export import (
     export_torchscript,
     load_torchscript,
 )
+from d2_edwpose.layers import EDWConv
 from d2_edwpose.modeling.meta_arch import resize_to_fixed_size
 from d2_edwpose.modeling.cpu_inference import optimize_for_inference
 from d2_edwpose.tools import export_model
@@ -188,6 +189,29 @@ def test_torchscript_round_trip_gives_the_same_outputs(model, exported, images):
     assert stats["count_mismatches"] == 0 and stats["detections"] > 0, stats
     for name in ("boxes", "scores", "classes", "keypoints"):
         assert stats[name] <= 1e-4, stats
+
+
+def test_onnx_export_has_edwconvs_as_plain_depthwise_convs(model, exported):
+    # An EDWConv's grouped conv with e filters per channel misses oneDNN's depthwise kernel
+    # (OpenVINO's too): the export has e plain depthwise convs instead, and the model as built
+    # keeps its EDWConvs.
+    head = model.roi_heads.keypoint_head
+    expand_factors = [
+        m.depthwise.out_channels // m.depthwise.in_channels
+        for m in head.modules()
+        if isinstance(m, EDWConv)
+    ]
+    assert expand_factors and min(expand_factors) > 1, expand_factors
+    graph = onnx.load(exported["onnx"]).graph
+    weights = {tensor.name: tensor for tensor in graph.initializer}
+    grouped = {}
+    for node in graph.node:
+        groups = next((a.i for a in node.attribute if a.name == "group"), 1)
+        if node.op_type == "Conv" and groups > 1:
+            grouped[node.name] = (groups, weights[node.input[1]].dims[0])
+    keypoint_convs = [name for name in grouped if "keypoint_head" in name]
+    assert len(keypoint_convs) == sum(expand_factors), grouped
+    assert all(groups == out_channels for groups, out_channels in grouped.values()), grouped
 
 
 def test_numpy_decoding_is_detectron2s():

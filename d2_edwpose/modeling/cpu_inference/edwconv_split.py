@@ -3,7 +3,8 @@
 A grouped conv with ``groups == in_channels`` and ``e > 1`` filters per input channel misses
 oneDNN's depthwise kernel and runs several times slower than the same multiply-adds as a plain
 depthwise conv (docs/speed.md); split into e plain depthwise convs it takes the fast kernel and
-needs no e-times tiled copy of the input.
+needs no e-times tiled copy of the input. OpenVINO's CPU plugin is built on oneDNN too: the ONNX
+and TorchScript exports trace EDWConvs split (``d2_edwpose.export``).
 """
 
 import torch
@@ -11,6 +12,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from ...layers import EDWConv
+from .inference_gate import is_cpu_float32_inference
 from .module_replacement import Rewritten, replace_modules
 
 __all__ = ["SplitEDWConv", "split_edwconv", "split_edwconvs"]
@@ -59,11 +61,12 @@ class SplitEDWConv(Rewritten, nn.Module):
         filtered = [depthwise(x) for depthwise in self.depthwise]
         out = F.conv2d(filtered[0], self.pointwise_weights[0], self.bias)
         for part, weight in zip(filtered[1:], self.pointwise_weights[1:]):
-            if _is_nhwc(out) and _is_nhwc(part):
+            if is_cpu_float32_inference(out) and _is_nhwc(out) and _is_nhwc(part):
                 # A 1x1 conv of NHWC maps is a matrix product: accumulated into out's memory
                 # by the product itself, not added as a new tensor.
                 _pixel_rows(out).addmm_(_pixel_rows(part), weight.flatten(1).t())
             else:
+                # Traced (the exports), with autograd or autocast: a plain sum of convs.
                 out = out.add_(F.conv2d(part, weight))
         if self.norm is not None:
             out = self.norm(out)

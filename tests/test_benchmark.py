@@ -9,6 +9,7 @@ import torch
 from detectron2 import model_zoo
 
 from d2_edwpose.data.synthetic import generate_synthetic_keypoints, register_synthetic_keypoints
+from d2_edwpose.deploy.onnx_pose_runner import OnnxPoseRunner
 from d2_edwpose.modeling.cpu_inference import REWRITES, optimize_for_inference
 from d2_edwpose.tools.analyze_model import (
     CONFIG_DIR,
@@ -114,18 +115,24 @@ def test_profile_times_every_part_and_removes_its_hooks():
     )
 
 
-def test_deploy_rows_come_from_the_exported_and_quantized_model():
+def test_deploy_rows_come_from_the_exported_and_quantized_model(tmp_path):
     rows = main(
         [str(REALTIME_CONFIG), "--deploy", "onnxruntime:fp32", "openvino:int8",
-         "--num-people", "3", "--warmup", "0", "--repeats", "2"]
+         "--num-people", "3", "--warmup", "0", "--repeats", "2", "--keep-exports", str(tmp_path)]
     )  # fmt: skip
     assert [(row_label(r), r["people"]) for r in rows] == [
         ("keypoint_rcnn_mv3_fpn_320_realtime", 3),
         ("keypoint_rcnn_mv3_fpn_320_realtime (onnxruntime)", 3),
         ("keypoint_rcnn_mv3_fpn_320_realtime (openvino int8)", 3),
     ]
+    # The files the rows timed, for a runtime's own profiler.
+    kept = tmp_path / "keypoint_rcnn_mv3_fpn_320_realtime"
+    assert OnnxPoseRunner(kept / "model.onnx").precision == "fp32"
+    assert OnnxPoseRunner(kept / "model_int8.onnx").precision == "int8"
     with pytest.raises(SystemExit):
         main([str(REALTIME_CONFIG), "--deploy", "onnxruntime:bf16"])
+    with pytest.raises(SystemExit):
+        main([str(REALTIME_CONFIG), "--keep-exports", str(tmp_path)])  # without --deploy
 
 
 def test_interleaved_rounds_call_every_model_in_turn():

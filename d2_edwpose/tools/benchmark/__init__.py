@@ -115,6 +115,12 @@ def main(argv=None):
         + " (default: all)",
     )
     parser.add_argument(
+        "--keep-exports",
+        metavar="DIR",
+        help="with --deploy: keep the ONNX files that the deployment rows time, in DIR/CONFIG/ "
+        "(model.onnx, model_int8.onnx), e.g. for OpenVINO's per-layer profile (benchmark_app -pc)",
+    )
+    parser.add_argument(
         "--profile",
         action="store_true",
         help="also print the time of each part (backbone, RPN, heads, ...) at --num-people, and "
@@ -144,6 +150,8 @@ def main(argv=None):
     args = parser.parse_args(argv)
     if args.deploy == []:
         args.deploy = list(DEPLOY_ROWS)
+    if args.keep_exports and not args.deploy:
+        parser.error("--keep-exports keeps the exports of the --deploy rows: add --deploy")
     if args.cpu_time and not args.rewrites:
         parser.error("--cpu-time times the --rewrites mode only")
     if args.repeats < 2:

@@ -144,7 +144,7 @@ def run_direct(args):
     for num_people in sorted(set(args.sweep) | {args.num_people}):
         calls, kinds = {}, {}
         with tempfile.TemporaryDirectory() as folder:
-            for index, (name, cfg, flops) in enumerate(models):
+            for name, cfg, flops in models:
                 for optimized in (False, True) if args.optimize else (False,):
                     model = build_benchmark_model(fix_num_detections(cfg.clone(), num_people))
                     if optimized:
@@ -156,7 +156,8 @@ def run_direct(args):
                 if num_people != args.num_people or name.startswith("detectron2 ") or not deploy:
                     continue
                 model = build_benchmark_model(fix_num_detections(cfg.clone(), num_people))
-                runners = deploy_runners(model, deploy, image, Path(folder) / str(index))
+                exports = Path(args.keep_exports or folder) / name
+                runners = deploy_runners(model, deploy, image, exports)
                 for (runtime, precision), runner in runners.items():
                     kind = {"model": name, "runtime": runtime, "precision": precision}
                     label = row_label(kind)

@@ -155,6 +155,15 @@ def test_int8_file_records_its_precision_and_keeps_the_decisive_and_depthwise_la
     assert OnnxPoseRunner(files["fp32"], runtime="onnxruntime").precision == "fp32"
 
 
+def test_int8_file_keeps_the_hardswish_ops(files):
+    # Inlined as x * HardSigmoid(x), they run on OpenVINO's reference kernel (docs/deploy.md).
+    def hardswish_count(path):
+        return sum(node.op_type == "HardSwish" for node in onnx.load(str(path)).graph.node)
+
+    assert hardswish_count(files["fp32"]) > 0
+    assert hardswish_count(files["int8"]) == hardswish_count(files["fp32"])
+
+
 def test_bfloat16_without_cpu_support_falls_back_with_a_notice(files, monkeypatch):
     monkeypatch.setattr(runtimes, "cpu_supports_bf16", lambda: False)
     with pytest.warns(RuntimeWarning, match="bf16 requested, but this CPU computes no bfloat16"):

@@ -139,7 +139,7 @@ def _exporting(model, decode_keypoints):
 
     An EDWConv's depthwise conv (groups = in_channels, e > 1 filters each) misses oneDNN's
     depthwise kernel, in OpenVINO too, and runs slower than its e plain depthwise convs: in
-    bfloat16 the realtime config's whole graph took twice as long (docs/deploy.md).
+    bfloat16 the realtime config's whole graph took 1.9 times as long (docs/export.md).
     """
     exported = copy.deepcopy(model).eval()
     split_edwconvs(exported)

@@ -133,6 +133,19 @@ def test_deploy_rows_come_from_the_exported_and_quantized_model(tmp_path):
         main([str(REALTIME_CONFIG), "--deploy", "onnxruntime:bf16"])
     with pytest.raises(SystemExit):
         main([str(REALTIME_CONFIG), "--keep-exports", str(tmp_path)])  # without --deploy
+    with pytest.raises(SystemExit):
+        main([str(REALTIME_CONFIG), "--dataset", "synthetic_keypoints_val", "--deploy"])
+
+
+def test_kept_exports_are_those_of_the_run(tmp_path):
+    kept = tmp_path / "keypoint_rcnn_mv3_fpn_320_realtime"
+    kept.mkdir()
+    (kept / "model_int8.onnx").write_bytes(b"an INT8 file of an earlier run")
+    main(
+        [str(REALTIME_CONFIG), "--deploy", "onnxruntime:fp32", "--num-people", "3",
+         "--warmup", "0", "--repeats", "2", "--keep-exports", str(tmp_path)]
+    )  # fmt: skip
+    assert sorted(p.name for p in kept.iterdir()) == ["model.onnx"]
 
 
 def test_interleaved_rounds_call_every_model_in_turn():

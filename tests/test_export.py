@@ -17,7 +17,7 @@ from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.modeling import build_model
 from detectron2.structures.keypoints import heatmaps_to_keypoints as detectron2_heatmaps_to_keypoints
 
-from d2_edwpose.deploy import onnx_pose_runner, runtimes
+from d2_edwpose.deploy import interpolation, onnx_pose_runner, runtimes
 from d2_edwpose.deploy.onnx_pose_runner import (
     ExportedModelError,
     OnnxPoseRunner,
@@ -212,6 +212,30 @@ def test_onnx_export_has_edwconvs_as_plain_depthwise_convs(model, exported):
     keypoint_convs = [name for name in grouped if "keypoint_head" in name]
     assert len(keypoint_convs) == sum(expand_factors), grouped
     assert all(groups == out_channels for groups, out_channels in grouped.values()), grouped
+
+
+def test_exports_leave_the_model_as_it_is(model, tmp_path):
+    # They trace a copy: the model keeps its mode, its modules and its weights.
+    head = model.roi_heads.keypoint_head
+    weights = {name: value.clone() for name, value in model.state_dict().items()}
+    model.train()
+    try:
+        export_onnx(model, tmp_path / "model.onnx")
+        assert model.training and model.roi_heads.keypoint_head is head
+    finally:
+        model.eval()
+    state = model.state_dict()
+    assert state.keys() == weights.keys()
+    assert all(torch.equal(state[name], value) for name, value in weights.items())
+
+
+def test_resize_taps_are_computed_once_and_read_only():
+    first = interpolation._bicubic_taps(56, 37)
+    assert interpolation._bicubic_taps(56, 37) is first
+    for cached, computed in zip(first, interpolation._bicubic_taps.__wrapped__(56, 37)):
+        np.testing.assert_array_equal(cached, computed)
+        with pytest.raises(ValueError, match="read-only"):
+            cached[0] = 0
 
 
 def test_numpy_decoding_is_detectron2s():

@@ -82,11 +82,42 @@ def test_edwconv_as_summed_depthwise_separable_convs(expand_factor, channels_las
     assert isinstance(optimized[1], DWConv)  # already a plain depthwise conv
     if channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
-    torch.testing.assert_close(optimized(x), expected, rtol=1e-5, atol=1e-5)
-    assert optimized(torch.zeros(0, 6, 7, 8)).shape == (0, 4, 7, 8)
+    with torch.no_grad():  # inference: where NHWC maps take the in-place product
+        torch.testing.assert_close(optimized(x), expected, rtol=1e-5, atol=1e-5)
+        assert optimized(torch.zeros(0, 6, 7, 8)).shape == (0, 4, 7, 8)
     # Maps that are not NHWC (a split conv outside a channels-last model) are summed as such.
     split = SplitEDWConv(edw[0])
     torch.testing.assert_close(split(x.contiguous()), edw[0](x), rtol=1e-5, atol=1e-5)
+
+
+def test_split_edwconv_sums_plain_convs_outside_eager_float32_inference():
+    # In eager float32 inference NHWC maps accumulate in place (addmm_); traced (the exports),
+    # with autograd or under autocast they are summed by convs and adds, which every exporter,
+    # dtype and backward supports.
+    torch.manual_seed(0)
+    edw = EDWConv(6, 5, 3, padding=1, expand_factor=2).eval()
+    split = SplitEDWConv(edw)
+    x = torch.randn(2, 6, 7, 8).contiguous(memory_format=torch.channels_last)
+
+    def in_place_products(run):
+        with torch.profiler.profile() as profile:
+            out = run()
+        return out, sum(event.name == "aten::addmm_" for event in profile.events())
+
+    with torch.no_grad():
+        out, products = in_place_products(lambda: split(x))
+        torch.testing.assert_close(out, edw(x), rtol=1e-5, atol=1e-5)
+        assert products == 1
+        assert "addmm" not in torch.jit.trace(split, x).inlined_graph.str()
+    x.requires_grad_(True)
+    out, products = in_place_products(lambda: split(x))
+    assert products == 0
+    (gradient,) = torch.autograd.grad(out.sum(), x)
+    (expected,) = torch.autograd.grad(edw(x).sum(), x)
+    torch.testing.assert_close(gradient, expected, rtol=1e-5, atol=1e-5)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        out, products = in_place_products(lambda: split(x))
+        assert products == 0 and out.dtype == torch.bfloat16
 
 
 def random_boxes(generator, count, image_size):

@@ -10,7 +10,7 @@ __all__ = ["resize_bicubic", "resize_bilinear_antialiased"]
 _CUBIC_A = -0.75
 
 
-def _read_only_taps(taps):
+def _cached_taps(taps):
     """Taps computed once per pair of sizes (``functools.lru_cache``): a box's keypoint decoding
     spent a third of its time computing them. Read-only, as every call shares them."""
 
@@ -24,7 +24,7 @@ def _read_only_taps(taps):
     return functools.wraps(taps)(cached)
 
 
-@_read_only_taps
+@_cached_taps
 def _antialiased_bilinear_taps(in_size, out_size):
     """Source indices (out_size, taps) and normalised weights of PyTorch's antialiased
     bilinear resize along one axis (the kernel of PIL's bilinear filter), computed with
@@ -54,7 +54,7 @@ def _antialiased_bilinear_taps(in_size, out_size):
     return np.minimum(indices, in_size - 1), weights
 
 
-@_read_only_taps
+@_cached_taps
 def _bicubic_taps(in_size, out_size):
     """Source indices (out_size, 4) and weights of PyTorch's bicubic interpolation
     (``align_corners=False``, Keys' kernel with a = -0.75) along one axis, in float32."""

@@ -66,7 +66,8 @@ class SplitEDWConv(Rewritten, nn.Module):
                 # by the product itself, not added as a new tensor.
                 _pixel_rows(out).addmm_(_pixel_rows(part), weight.flatten(1).t())
             else:
-                # Traced (the exports), with autograd or autocast: a plain sum of convs.
+                # NCHW maps, or not eager float32 CPU inference (traced by the exports,
+                # autograd, autocast, another device or dtype): a plain sum of convs.
                 out = out.add_(F.conv2d(part, weight))
         if self.norm is not None:
             out = self.norm(out)

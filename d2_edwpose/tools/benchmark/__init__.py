@@ -118,7 +118,8 @@ def main(argv=None):
         "--keep-exports",
         metavar="DIR",
         help="with --deploy: keep the ONNX files that the deployment rows time, in DIR/CONFIG/ "
-        "(model.onnx, model_int8.onnx), e.g. for OpenVINO's per-layer profile (benchmark_app -pc)",
+        "(model.onnx; with an INT8 row model_int8.onnx and its calibration.png), e.g. for "
+        "OpenVINO's per-layer profile (benchmark_app -pc)",
     )
     parser.add_argument(
         "--profile",
@@ -157,6 +158,8 @@ def main(argv=None):
     if args.repeats < 2:
         parser.error(f"--repeats {args.repeats}: at least 2 timed runs are needed for a spread")
     if args.dataset:
+        if args.deploy:
+            parser.error(f"--dataset {args.dataset}: times the PyTorch model only (no --deploy)")
         if len(args.configs) != 1:
             parser.error(f"--dataset {args.dataset}: give exactly one config to run on it")
         return run_dataset(args)

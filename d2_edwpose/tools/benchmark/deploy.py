@@ -11,6 +11,7 @@ import torch
 
 __all__ = [
     "DEPLOY_ROWS",
+    "EXPORT_FILES",
     "deploy_row",
     "deploy_rows",
     "deploy_runners",
@@ -47,15 +48,23 @@ def deploy_rows(requested):
     return rows
 
 
+# What deploy_runners writes in its folder.
+EXPORT_FILES = ("model.onnx", "model_int8.onnx", "calibration.png")
+
+
 def deploy_runners(model, rows, image, folder):
     """{(runtime, precision): runner} of the ONNX export of ``model`` (and of its INT8
-    quantization, calibrated on ``image``: timing does not depend on the calibration)."""
+    quantization, calibrated on ``image``: timing does not depend on the calibration), written
+    in ``folder`` (``EXPORT_FILES``; those of an earlier run are removed first, so that the
+    folder holds what this run timed)."""
     import cv2
 
     from d2_edwpose.deploy.onnx_pose_runner import OnnxPoseRunner
     from d2_edwpose.export import export_onnx
     from d2_edwpose.quantization import quantize_int8
 
+    for name in EXPORT_FILES:
+        Path(folder, name).unlink(missing_ok=True)
     files = {"fp32": export_onnx(model, Path(folder) / "model.onnx")}
     if any(precision == "int8" for _, precision in rows):
         picture = Path(folder) / "calibration.png"

@@ -48,7 +48,8 @@ def deploy_rows(requested):
     return rows
 
 
-# What deploy_runners writes in its folder.
+# What deploy_runners writes in its folder: the float32 export, its INT8 quantization and the
+# quantization's calibration image.
 EXPORT_FILES = ("model.onnx", "model_int8.onnx", "calibration.png")
 
 
@@ -63,14 +64,14 @@ def deploy_runners(model, rows, image, folder):
     from d2_edwpose.export import export_onnx
     from d2_edwpose.quantization import quantize_int8
 
-    for name in EXPORT_FILES:
-        Path(folder, name).unlink(missing_ok=True)
-    files = {"fp32": export_onnx(model, Path(folder) / "model.onnx")}
+    fp32_file, int8_file, picture = paths = [Path(folder, name) for name in EXPORT_FILES]
+    for path in paths:
+        path.unlink(missing_ok=True)
+    files = {"fp32": export_onnx(model, fp32_file)}
     if any(precision == "int8" for _, precision in rows):
-        picture = Path(folder) / "calibration.png"
         pixels = image.permute(1, 2, 0).cpu().numpy()
         cv2.imwrite(str(picture), pixels[:, :, ::-1] if model.input_format == "RGB" else pixels)
-        files["int8"] = quantize_int8(files["fp32"], Path(folder) / "model_int8.onnx", [picture])
+        files["int8"] = quantize_int8(files["fp32"], int8_file, [picture])
     threads = torch.get_num_threads()  # the cores PyTorch runs on
     return {
         (runtime, precision): OnnxPoseRunner(

@@ -75,11 +75,8 @@ def crowdpose_json(coco_mini_root, tmp_path_factory):
 
 @pytest.fixture
 def crowdpose_dataset(crowdpose_json, coco_mini_root):
-    entry = {
-        "JSON_FILE": str(crowdpose_json),
-        "IMAGE_ROOT": str(coco_mini_root / "val2017"),
-        "KEYPOINT_SET": "crowdpose",
-    }
+    """The shortest declaration: the keypoint set comes from the file's category."""
+    entry = {"JSON_FILE": str(crowdpose_json), "IMAGE_ROOT": str(coco_mini_root / "val2017")}
     return {"crowdpose_mini": entry}
 
 
@@ -127,12 +124,13 @@ def test_overfits_the_real_images_through_a_kill_and_resume(coco_mini_root, tmp_
 def test_fourteen_keypoints_train_evaluate_draw_and_export(
     crowdpose_dataset, coco_mini_root, tmp_path, caplog
 ):
-    """The CrowdPose-format fixture (14 keypoints, no ``area``), declared in a config: a few
-    training iterations, COCOEvaluator with CrowdPose's sigmas, the demo's drawing metadata,
-    and ONNX and TorchScript exports whose runner returns 14 named keypoints per person."""
+    """The CrowdPose-format fixture (14 keypoints, no ``area``), declared in a config by its
+    files alone (no keypoint set, no NUM_KEYPOINTS): a few training iterations, COCOEvaluator
+    with CrowdPose's sigmas, the demo's drawing metadata, and ONNX and TorchScript exports
+    whose runner returns 14 named keypoints per person."""
     config = write_config(
         tmp_path / "crowdpose.yaml", crowdpose_dataset, ["crowdpose_mini"], ["crowdpose_mini"],
-        MODEL={"ROI_KEYPOINT_HEAD": {"NUM_KEYPOINTS": 14}}, OUTPUT_DIR=str(tmp_path / "run"),
+        OUTPUT_DIR=str(tmp_path / "run"),
         SOLVER={"IMS_PER_BATCH": 2, "MAX_ITER": 3, "WARMUP_ITERS": 1, "STEPS": [2]},
         DATALOADER={"NUM_WORKERS": 0}, TEST={"EVAL_PERIOD": 0, "PRECISE_BN": {"NUM_ITER": 2}},
         SEED=0,
@@ -252,7 +250,7 @@ def test_config_mismatches_stop_before_training_and_evaluation(
 def test_eval_only_checks_the_test_set_before_building_the_model(crowdpose_dataset, tmp_path):
     config = write_config(
         tmp_path / "crowdpose.yaml", crowdpose_dataset, [], ["crowdpose_mini"],
-        OUTPUT_DIR=str(tmp_path / "run"),
+        MODEL={"ROI_KEYPOINT_HEAD": {"NUM_KEYPOINTS": 17}}, OUTPUT_DIR=str(tmp_path / "run"),
     )  # fmt: skip
     result = subprocess.run(
         [sys.executable, str(REPO_ROOT / "train_net.py"), "--config-file", str(config),
@@ -617,6 +615,6 @@ def test_unregistered_names_and_other_category_counts_are_refused(
                    "MODEL.ROI_KEYPOINT_HEAD.NUM_KEYPOINTS", 14)  # fmt: skip
     with pytest.raises(
         ValueError,
-        match=r"MODEL.ROI_HEADS.NUM_CLASSES=1 does not match dataset 'two_categories', whose file has 2 categories",
+        match=r"MODEL.ROI_HEADS.NUM_CLASSES=1 does not match dataset 'two_categories', which has 2 classes",
     ):
         check_datasets(cfg, train=False)

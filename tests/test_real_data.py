@@ -15,14 +15,12 @@ import numpy as np
 import pytest
 import torch
 
-from detectron2.config import get_cfg
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.data.detection_utils import create_keypoint_hflip_indices
 from detectron2.data.datasets import register_coco_instances
 from detectron2.data.datasets.builtin_meta import _get_builtin_metadata
 from detectron2.structures import Boxes, Instances
 
-from d2_edwpose import add_edwpose_config
 from d2_edwpose.data import CROWDPOSE_KEYPOINTS, register_config_datasets, register_keypoint_dataset
 from d2_edwpose.data.coco_keypoints import complete_coco_annotations
 from d2_edwpose.deploy.onnx_pose_runner import OnnxPoseRunner
@@ -30,42 +28,14 @@ from d2_edwpose.engine import Trainer, check_datasets
 from d2_edwpose.evaluation import KeypointCOCOEvaluator
 from d2_edwpose.tools import demo, export_model
 
-from conftest import REPO_ROOT
+from conftest import DEMO_CONFIG, REPO_ROOT, user_cfg, write_config
 from crowdpose_fixture import CROWDPOSE_NAMES, write_crowdpose_fixture
 
-DEMO_CONFIG = REPO_ROOT / "configs" / "cpu_demo_keypoint_rcnn_mv3_fpn_320_edw.yaml"
 WITH_FAULTS = REPO_ROOT / "tests" / "train_net_with_faults.py"
 COCO_JSON = "person_keypoints_val2017_mini.json"
 
-
-def write_config(path, datasets, train, test, **sections):
-    """A user's config: the CPU demo config, their datasets (DATASETS.COCO_KEYPOINTS) and
-    ``sections`` (name -> dict of keys) merged in."""
-    config = {
-        "_BASE_": str(DEMO_CONFIG),
-        "DATASETS": {"COCO_KEYPOINTS": datasets, "TRAIN": list(train), "TEST": list(test)},
-        **sections,
-    }
-    path.write_text(json.dumps(config))  # JSON is YAML
-    return path
-
-
-def user_cfg(config_file, *opts):
-    cfg = get_cfg()
-    add_edwpose_config(cfg)
-    cfg.merge_from_file(str(config_file))
-    cfg.merge_from_list([str(o) for o in opts])
-    return cfg
-
-
-@pytest.fixture(autouse=True)
-def unregister_test_datasets():
-    """Each test registers its datasets; remove them afterwards, as the catalogs are global."""
-    before = set(DatasetCatalog.list())
-    yield
-    for name in set(DatasetCatalog.list()) - before:
-        DatasetCatalog.remove(name)
-        MetadataCatalog.remove(name)
+# Each test registers its datasets; they are removed afterwards.
+pytestmark = pytest.mark.usefixtures("unregister_test_datasets")
 
 
 @pytest.fixture(scope="module")

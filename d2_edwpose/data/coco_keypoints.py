@@ -442,9 +442,11 @@ def register_config_datasets(cfg):
             _register_without_keypoints(name, json_file, image_root)
             continue
         flip_pairs, oks_sigmas = entry.get("FLIP_PAIRS"), entry.get("OKS_SIGMAS")
+        categories = None
         if keypoint_set == FROM_FILE:
+            categories = read_categories(json_file, where=key)
             arguments, summary = keypoint_set_from_categories(
-                read_categories(json_file, where=key),
+                categories,
                 selected=options["categories"],
                 flip_pairs=flip_pairs,
                 oks_sigmas=oks_sigmas,
@@ -465,6 +467,12 @@ def register_config_datasets(cfg):
         except ValueError as e:
             where = key if keypoint_set == FROM_FILE else f"{keypoint_set_key}={keypoint_set!r}"
             raise ValueError(f"{where}: {e}") from None
+        if categories is not None:  # the classes too are known before the dataset loads
+            selection = category_selection(name, categories)
+            MetadataCatalog.get(name).set(
+                thing_classes=selection.thing_classes,
+                thing_dataset_id_to_contiguous_id=selection.dataset_id_to_contiguous_id,
+            )
 
 
 def _check_registered_again(name, key, entry, keypoint_set, options):

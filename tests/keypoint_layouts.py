@@ -25,7 +25,8 @@ def _spelled(known, names):
     """The limbs of the known set ``known`` in the spelling ``names`` (same order)."""
     keypoint_set = KEYPOINT_SETS[known]
     index = {name: i for i, name in enumerate(keypoint_set["keypoint_names"])}
-    return [(names[index[a]], names[index[b]]) for a, b, _ in keypoint_set["keypoint_connection_rules"]]
+    rules = keypoint_set["keypoint_connection_rules"]
+    return [(names[index[a]], names[index[b]]) for a, b, _ in rules]
 
 
 def _snake(known):
@@ -35,7 +36,9 @@ def _snake(known):
 # layout -> (keypoint names as the dataset's files spell them, limbs, categories, the known set
 # the names are, the number of flip pairs).
 LAYOUTS = {
-    "ai_challenger": (_AIC_NAMES, _spelled("ai_challenger", _AIC_NAMES), ["person"], "ai_challenger", 6),
+    "ai_challenger": (
+        _AIC_NAMES, _spelled("ai_challenger", _AIC_NAMES), ["person"], "ai_challenger", 6,
+    ),
     "mpii": (_snake("mpii"), _spelled("mpii", _snake("mpii")), ["person"], "mpii", 6),
     "hand": (_snake("hand"), _spelled("hand", _snake("hand")), ["hand"], "hand", 0),
     "macaque": (

@@ -159,7 +159,9 @@ def test_two_values_per_keypoint_and_no_names(tmp_path):
     assert category["flip_pairs"] == [[2, 3], [4, 5]]  # 1-based, as COCO's skeleton
     visibilities = {v for a in coco["annotations"] for v in a["keypoints"][2::3]}
     assert visibilities == {0, 2}  # (0, 0) is not labelled, any other point visible
-    datasets = {"unnamed": {"JSON_FILE": str(written["train"]), "IMAGE_ROOT": str(tmp_path / "yolo")}}
+    datasets = {
+        "unnamed": {"JSON_FILE": str(written["train"]), "IMAGE_ROOT": str(tmp_path / "yolo")}
+    }
     register_config_datasets(user_cfg(write_config(tmp_path / "c.yaml", datasets, [], [])))
     assert MetadataCatalog.get("unnamed").keypoint_flip_map == (
         ("keypoint_1", "keypoint_2"), ("keypoint_3", "keypoint_4"),

@@ -135,7 +135,8 @@ def test_a_named_set_matches_the_files_other_spelling_or_names_what_differs(tmp_
     path = write_layout(tmp_path / "aic.json", "ai_challenger")
     cfg = declare(tmp_path, {"aic": entry(path, KEYPOINT_SET="ai_challenger")}, test=["aic"])
     check_datasets(cfg, train=False)  # "Right Shoulder" is ai_challenger's "right_shoulder"
-    assert MetadataCatalog.get("aic").keypoint_names == KEYPOINT_SETS["ai_challenger"]["keypoint_names"]
+    registered = MetadataCatalog.get("aic").keypoint_names
+    assert registered == KEYPOINT_SETS["ai_challenger"]["keypoint_names"]
 
     cfg = declare(tmp_path, {"cp": entry(path, KEYPOINT_SET="crowdpose")}, test=["cp"])
     with pytest.raises(ValueError) as error:
@@ -224,7 +225,8 @@ def test_categories_kept_or_merged_load_and_evaluate_as_those_classes(
     assert [c["name"] for c in evaluator._coco_api.dataset["categories"]] == classes
     assert len(evaluator._coco_api.anns) == len(expected)
     results = _perfect_predictions(evaluator, records, len(names))
-    assert results["bbox"]["AP"] == pytest.approx(100) and results["keypoints"]["AP"] == pytest.approx(100)
+    assert results["bbox"]["AP"] == pytest.approx(100)
+    assert results["keypoints"]["AP"] == pytest.approx(100)
     # A class predicted wrong is a miss: the ground truth holds the classes the model predicts.
     if len(classes) > 1:
         wrong = copy.deepcopy(records)
@@ -253,7 +255,8 @@ def three_species(tmp_path_factory):
     with open(json_file) as f:
         coco = json.load(f)
     (person,) = coco["categories"]
-    coco["categories"] = [{**person, "id": i + 1, "name": name} for i, name in enumerate(["cat", "dog", "horse"])]
+    species = ["cat", "dog", "horse"]
+    coco["categories"] = [{**person, "id": i + 1, "name": name} for i, name in enumerate(species)]
     for index, annotation in enumerate(coco["annotations"]):
         annotation["category_id"] = index % 3 + 1
     path = tmp_path_factory.mktemp("species_json") / "species.json"
@@ -276,6 +279,7 @@ def test_one_class_trains_and_evaluates(three_species, tmp_path):
     results = trainer.storage.latest()
     assert "bbox/AP" in results and "keypoints/AP" in results
     # The predictions are of the one class of the ground truth that COCOEvaluator scored.
-    predictions = json.loads((tmp_path / "run/inference/species/coco_instances_results.json").read_text())
+    predictions = tmp_path / "run/inference/species/coco_instances_results.json"
+    predictions = json.loads(predictions.read_text())
     assert predictions and {p["category_id"] for p in predictions} == {1}
     assert MetadataCatalog.get("species").thing_classes == ["animal"]

@@ -43,7 +43,8 @@ def test_draws_the_annotations_with_sides_in_their_colours(people, tmp_path):
     )
     assert [p.name for p in written] == ["000000.jpg", "000001.jpg"]
     for path in written:  # at the image's own size
-        assert Image.open(path).size == Image.open(f"{people['people']['IMAGE_ROOT']}/{path.name}").size
+        source = f"{people['people']['IMAGE_ROOT']}/{path.name}"
+        assert Image.open(path).size == Image.open(source).size
         pixels = _side_pixels(path)
         assert pixels["left"] > 100 and pixels["right"] > 100, pixels
 

@@ -201,8 +201,8 @@ def keypoint_set_from_categories(
             inferred ones; ``[]`` for none.
         oks_sigmas (list or None): one sigma per keypoint.
         where (str): what the file is, for the messages.
-        keys (dict or None): the config keys of ``flip_pairs``, ``oks_sigmas`` and
-            ``selected`` to name in messages (``"FLIP_PAIRS"``, ...).
+        keys (dict or None): the names of ``flip_pairs`` and ``oks_sigmas`` in messages (a
+            config's: ``{"flip_pairs": "DATASETS.COCO_KEYPOINTS.x.FLIP_PAIRS", ...}``).
     """
     keys = {"flip_pairs": "flip_pairs", "oks_sigmas": "oks_sigmas", **(keys or {})}
     kept = select_categories(categories, selected, where=where).kept
@@ -227,7 +227,9 @@ def keypoint_set_from_categories(
     category = f"category {first['name']!r}"
     limbs = ()
     if first.get("skeleton"):
-        limbs = _index_pairs(first["skeleton"], names, field="skeleton", where=f"{where}: {category}")
+        limbs = _index_pairs(
+            first["skeleton"], names, field="skeleton", where=f"{where}: {category}"
+        )
     known_name, known = known_keypoint_set(names)
 
     def by_position(pairs):  # a known set's name pairs, in the file's names
@@ -314,7 +316,9 @@ def keypoint_set_from_file(json_file, **kwargs):
     """:func:`keypoint_set_from_categories` of a COCO file (its keyword arguments; ``where``
     defaults to the file). Returns the register_keypoint_dataset keyword arguments only::
 
-        register_keypoint_dataset("mine", "mine.json", "images/", **keypoint_set_from_file("mine.json"))
+        register_keypoint_dataset(
+            "mine", "mine.json", "images/", **keypoint_set_from_file("mine.json")
+        )
     """
     where = kwargs.pop("where", str(json_file))
     arguments, summary = keypoint_set_from_categories(

@@ -52,7 +52,8 @@ logger = logging.getLogger(__name__)
 # The keys of a DATASETS.COCO_KEYPOINTS entry (config.py describes them); the first two are
 # required.
 _CONFIG_DATASET_KEYS = (
-    "JSON_FILE", "IMAGE_ROOT", "KEYPOINT_SET", "FLIP_PAIRS", "OKS_SIGMAS", "CATEGORIES", "ONE_CLASS",
+    "JSON_FILE", "IMAGE_ROOT",
+    "KEYPOINT_SET", "FLIP_PAIRS", "OKS_SIGMAS", "CATEGORIES", "ONE_CLASS",
 )  # fmt: skip
 # KEYPOINT_SET's value (and default) for the keypoint set of the file's categories.
 FROM_FILE = "from_file"

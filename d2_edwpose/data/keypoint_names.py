@@ -146,7 +146,10 @@ def spelling_mismatch(file_names, registered_names):
     if file_forms == registered_forms:
         return None
     if len(file_names) != len(registered_names):
-        return f"the file names {len(file_names)} keypoints, the registration {len(registered_names)}"
+        return (
+            f"the file names {len(file_names)} keypoints, the registration "
+            f"{len(registered_names)}"
+        )
     if sorted(file_forms) == sorted(registered_forms) and len(set(file_forms)) == len(file_forms):
         return f"the same keypoints in another order: the file's is {file_names}"
     differing = [

@@ -99,7 +99,8 @@ def read_yolo_pose_yaml(yaml_file):
             f"{yaml_file}: flip_idx {flip_idx!r} is not a flip of the {num_keypoints} keypoints "
             "(each index once, and i -> j with j -> i)"
         )
-    keypoint_names = {index: [f"keypoint_{k}" for k in range(num_keypoints)] for index in class_names}
+    default_names = [f"keypoint_{k}" for k in range(num_keypoints)]
+    keypoint_names = {index: default_names for index in class_names}
     if data.get("kpt_names") is not None:
         given = data["kpt_names"]
         by_class = (
@@ -208,7 +209,9 @@ def _parse_label_line(line, where, num_keypoints, ndim, num_classes):
         raise ValueError(f"{where}: a value is not finite")
     label = numbers[0]
     if label != int(label) or not 0 <= label < num_classes:
-        raise ValueError(f"{where}: class {values[0]!r} is not a class index of names (0 to {num_classes - 1})")
+        raise ValueError(
+            f"{where}: class {values[0]!r} is not a class index of names (0 to {num_classes - 1})"
+        )
     cx, cy, w, h = numbers[1:5]
     keypoints = [numbers[5 + k * ndim : 5 + (k + 1) * ndim] for k in range(num_keypoints)]
     coordinates = [cx, cy, w, h] + [v for point in keypoints for v in point[:2]]
@@ -284,7 +287,10 @@ def yolo_pose_to_coco(yaml_file, output_dir):
                 keypoints = []
                 for point in points:
                     x, y = point[0] * width, point[1] * height
-                    visibility = int(point[2]) if ndim == 3 else int(point[0] != 0 or point[1] != 0) * 2
+                    if ndim == 3:
+                        visibility = int(point[2])
+                    else:  # (0, 0) is not labelled
+                        visibility = 2 if point[0] != 0 or point[1] != 0 else 0
                     keypoints += [round(x, 3), round(y, 3), visibility] if visibility else [0, 0, 0]
                 box = [(cx - w / 2) * width, (cy - h / 2) * height, w * width, h * height]
                 coco["annotations"].append(
@@ -358,7 +364,9 @@ def coco_to_yolo_pose(splits, output_dir):
         for image, basename in zip(coco["images"], basenames):
             source = Path(image_root) / image["file_name"]
             if not source.is_file():
-                raise FileNotFoundError(f"{json_file}: image {image['file_name']!r}: {source} does not exist")
+                raise FileNotFoundError(
+                    f"{json_file}: image {image['file_name']!r}: {source} does not exist"
+                )
             if counts[basename] > 1:
                 basename = "__".join(Path(image["file_name"]).parts)
             link = output_dir / "images" / split / basename
@@ -374,7 +382,10 @@ def coco_to_yolo_pose(splits, output_dir):
                 x1, y1 = min(x + w, width), min(y + h, height)
                 if x1 <= x0 or y1 <= y0:
                     continue
-                box = [(x0 + x1) / 2 / width, (y0 + y1) / 2 / height, (x1 - x0) / width, (y1 - y0) / height]
+                box = [
+                    (x0 + x1) / 2 / width, (y0 + y1) / 2 / height,
+                    (x1 - x0) / width, (y1 - y0) / height,
+                ]  # fmt: skip
                 fields = [str(class_of[annotation["category_id"]])] + [f"{v:.6f}" for v in box]
                 keypoints = annotation["keypoints"]
                 for px, py, v in zip(keypoints[0::3], keypoints[1::3], keypoints[2::3]):

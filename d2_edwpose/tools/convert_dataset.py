@@ -52,10 +52,15 @@ def main(argv=None):
         "(repeatable)",
     )
     parser.add_argument(
-        "--name", default="converted", help="prefix of the dataset names printed (default: %(default)s)"
+        "--name",
+        default="converted",
+        help="prefix of the dataset names printed (default: %(default)s)",
     )
     parser.add_argument(
-        "paths", nargs="+", metavar="PATH", help="--from yolo-pose: DATA.yaml OUT/; --from coco: OUT/"
+        "paths",
+        nargs="+",
+        metavar="PATH",
+        help="--from yolo-pose: DATA.yaml OUT/; --from coco: OUT/",
     )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")

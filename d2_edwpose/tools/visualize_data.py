@@ -18,6 +18,7 @@ import os
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from detectron2.config import get_cfg
 from detectron2.data import DatasetCatalog, MetadataCatalog
@@ -113,8 +114,8 @@ def draw_loader_samples(cfg, output_dir, num_images):
     for batch in loader:
         for sample in batch:
             sample = resize_sample(sample, tuple(cfg.INPUT.FIXED_SIZE))
-            image = sample["image"].permute(1, 2, 0).numpy()
-            image = utils.convert_image_to_rgb(image.round().clip(0, 255).astype(np.uint8), cfg.INPUT.FORMAT)
+            image = sample["image"].permute(1, 2, 0).float().round().clamp(0, 255).to(torch.uint8)
+            image = utils.convert_image_to_rgb(image.numpy(), cfg.INPUT.FORMAT)
             visualizer = SidedKeypointVisualizer(image, metadata, scale=2.0)
             instances = sample["instances"]
             visualizer.overlay_instances(

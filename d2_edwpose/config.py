@@ -32,7 +32,15 @@ def add_edwpose_config(cfg):
     cfg.INPUT.FIXED_SIZE = (320, 320)
 
     # COCO-format keypoint datasets to register (d2_edwpose.data.register_config_datasets), by
-    # name: {JSON_FILE, IMAGE_ROOT, KEYPOINT_SET ("coco_person", "crowdpose" or a .json file)}.
+    # name: {JSON_FILE, IMAGE_ROOT} and optionally
+    #   KEYPOINT_SET: "from_file" (the default: names and skeleton of the file's categories,
+    #     flip pairs and OKS sigmas inferred), a known set ("coco_person", "crowdpose",
+    #     "ai_challenger", "mpii", "ap10k", "animal_pose", "hand") or a .json file;
+    #   FLIP_PAIRS: [[left, right], ...] keypoint names a flip swaps ([] for none), replacing
+    #     the keypoint set's or the inferred ones;
+    #   OKS_SIGMAS: one per keypoint, replacing the keypoint set's or the default ones;
+    #   CATEGORIES: the names of the file's categories to train and evaluate (default: all);
+    #   ONE_CLASS: a class name: the (kept) categories train and evaluate as this one class.
     cfg.DATASETS.COCO_KEYPOINTS = CN(new_allowed=True)
 
     cfg.MODEL.MOBILENETV3 = CN()
@@ -199,4 +207,13 @@ def validate_edwpose_config(cfg):
             head.CONV_TYPE == "vanilla",
             f"'vanilla': ROI_KEYPOINT_HEAD.NAME={head.NAME!r} has no such option (only "
             "'KRCNNConfigurableConvDeconvUpsampleHead' reads it)",
+        )
+        # -1 ("the datasets' number", d2_edwpose.data.catalog.num_keypoints) is resolved by
+        # d2_edwpose's head only.
+        _check(
+            "MODEL.ROI_KEYPOINT_HEAD.NUM_KEYPOINTS",
+            head.NUM_KEYPOINTS,
+            head.NUM_KEYPOINTS > 0,
+            f"a positive integer: ROI_KEYPOINT_HEAD.NAME={head.NAME!r} does not take -1 (the "
+            "datasets' number; only 'KRCNNConfigurableConvDeconvUpsampleHead' does)",
         )

@@ -17,6 +17,7 @@ from .data.catalog import (
     check_keypoint_datasets,
     check_num_classes,
     check_registered,
+    num_keypoints,
     oks_sigmas,
     verify_dataset_files,
 )
@@ -56,8 +57,8 @@ def check_datasets(cfg, *, train):
     """Register the config's ``DATASETS.COCO_KEYPOINTS`` and check, before anything runs, what
     would otherwise fail or mislead later: the datasets are registered and their files exist,
     their keypoint sets match the config (:func:`check_keypoint_datasets`), and the test sets
-    load, with ``NUM_CLASSES`` categories and ``NUM_KEYPOINTS`` keypoints per
-    annotation, so that an evaluation at the end of a schedule cannot fail on them. ``train``:
+    load, with ``NUM_CLASSES`` classes and ``NUM_KEYPOINTS`` keypoints per annotation
+    (:func:`~d2_edwpose.data.catalog.num_keypoints`: -1 is the datasets' number), so that an evaluation at the end of a schedule cannot fail on them. ``train``:
     check ``DATASETS.TRAIN`` too (whose annotations the training loader checks as it loads
     them, before the first iteration)."""
     register_config_datasets(cfg)
@@ -70,7 +71,7 @@ def check_datasets(cfg, *, train):
         dataset_dicts = DatasetCatalog.get(name)
         check_num_classes(cfg, [name])
         if cfg.MODEL.KEYPOINT_ON:
-            check_keypoint_counts(dataset_dicts, [name], cfg.MODEL.ROI_KEYPOINT_HEAD.NUM_KEYPOINTS)
+            check_keypoint_counts(dataset_dicts, [name], num_keypoints(cfg))
 
 
 class PreciseBN(HookBase):

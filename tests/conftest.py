@@ -1,15 +1,20 @@
 """Shared pytest set-up: markers, paths and small config helpers."""
+import json
 import os
 from pathlib import Path
 
 import pytest
 
+from detectron2.config import get_cfg
+from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.data.datasets import register_coco_instances
 from detectron2.data.datasets.builtin_meta import _get_builtin_metadata
 
+from d2_edwpose import add_edwpose_config
 from d2_edwpose.data.synthetic import default_root, register_synthetic_keypoints
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
+DEMO_CONFIG = REPO_ROOT / "configs" / "cpu_demo_keypoint_rcnn_mv3_fpn_320_edw.yaml"
 # CI clones the repository next to a `shared/` folder; a user's clone has none.
 COCO_MINI_ROOT = Path(
     os.environ.get(
@@ -53,3 +58,34 @@ def coco_mini_dataset(coco_mini_root):
         str(coco_mini_root / "val2017"),
     )
     return name
+
+
+@pytest.fixture
+def unregister_test_datasets():
+    """For tests that register datasets: removes them afterwards (the catalogs are global)."""
+    before = set(DatasetCatalog.list())
+    yield
+    for name in set(DatasetCatalog.list()) - before:
+        DatasetCatalog.remove(name)
+        MetadataCatalog.remove(name)
+
+
+def write_config(path, datasets, train, test, **sections):
+    """A user's config: the CPU demo config, their datasets (DATASETS.COCO_KEYPOINTS) and
+    ``sections`` (name -> dict of keys) merged in."""
+    config = {
+        "_BASE_": str(DEMO_CONFIG),
+        "DATASETS": {"COCO_KEYPOINTS": datasets, "TRAIN": list(train), "TEST": list(test)},
+        **sections,
+    }
+    path.write_text(json.dumps(config))  # JSON is YAML
+    return path
+
+
+def user_cfg(config_file, *opts):
+    """The config of ``config_file`` (with d2_edwpose's keys) and ``KEY VALUE`` overrides."""
+    cfg = get_cfg()
+    add_edwpose_config(cfg)
+    cfg.merge_from_file(str(config_file))
+    cfg.merge_from_list([str(o) for o in opts])
+    return cfg

@@ -15,14 +15,12 @@ import numpy as np
 import pytest
 import torch
 
-from detectron2.config import get_cfg
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.data.detection_utils import create_keypoint_hflip_indices
 from detectron2.data.datasets import register_coco_instances
 from detectron2.data.datasets.builtin_meta import _get_builtin_metadata
 from detectron2.structures import Boxes, Instances
 
-from d2_edwpose import add_edwpose_config
 from d2_edwpose.data import CROWDPOSE_KEYPOINTS, register_config_datasets, register_keypoint_dataset
 from d2_edwpose.data.coco_keypoints import complete_coco_annotations
 from d2_edwpose.deploy.onnx_pose_runner import OnnxPoseRunner
@@ -30,42 +28,14 @@ from d2_edwpose.engine import Trainer, check_datasets
 from d2_edwpose.evaluation import KeypointCOCOEvaluator
 from d2_edwpose.tools import demo, export_model
 
-from conftest import REPO_ROOT
+from conftest import DEMO_CONFIG, REPO_ROOT, user_cfg, write_config
 from crowdpose_fixture import CROWDPOSE_NAMES, write_crowdpose_fixture
 
-DEMO_CONFIG = REPO_ROOT / "configs" / "cpu_demo_keypoint_rcnn_mv3_fpn_320_edw.yaml"
 WITH_FAULTS = REPO_ROOT / "tests" / "train_net_with_faults.py"
 COCO_JSON = "person_keypoints_val2017_mini.json"
 
-
-def write_config(path, datasets, train, test, **sections):
-    """A user's config: the CPU demo config, their datasets (DATASETS.COCO_KEYPOINTS) and
-    ``sections`` (name -> dict of keys) merged in."""
-    config = {
-        "_BASE_": str(DEMO_CONFIG),
-        "DATASETS": {"COCO_KEYPOINTS": datasets, "TRAIN": list(train), "TEST": list(test)},
-        **sections,
-    }
-    path.write_text(json.dumps(config))  # JSON is YAML
-    return path
-
-
-def user_cfg(config_file, *opts):
-    cfg = get_cfg()
-    add_edwpose_config(cfg)
-    cfg.merge_from_file(str(config_file))
-    cfg.merge_from_list([str(o) for o in opts])
-    return cfg
-
-
-@pytest.fixture(autouse=True)
-def unregister_test_datasets():
-    """Each test registers its datasets; remove them afterwards, as the catalogs are global."""
-    before = set(DatasetCatalog.list())
-    yield
-    for name in set(DatasetCatalog.list()) - before:
-        DatasetCatalog.remove(name)
-        MetadataCatalog.remove(name)
+# Each test registers its datasets; they are removed afterwards.
+pytestmark = pytest.mark.usefixtures("unregister_test_datasets")
 
 
 @pytest.fixture(scope="module")
@@ -75,11 +45,8 @@ def crowdpose_json(coco_mini_root, tmp_path_factory):
 
 @pytest.fixture
 def crowdpose_dataset(crowdpose_json, coco_mini_root):
-    entry = {
-        "JSON_FILE": str(crowdpose_json),
-        "IMAGE_ROOT": str(coco_mini_root / "val2017"),
-        "KEYPOINT_SET": "crowdpose",
-    }
+    """The shortest declaration: the keypoint set comes from the file's category."""
+    entry = {"JSON_FILE": str(crowdpose_json), "IMAGE_ROOT": str(coco_mini_root / "val2017")}
     return {"crowdpose_mini": entry}
 
 
@@ -127,12 +94,13 @@ def test_overfits_the_real_images_through_a_kill_and_resume(coco_mini_root, tmp_
 def test_fourteen_keypoints_train_evaluate_draw_and_export(
     crowdpose_dataset, coco_mini_root, tmp_path, caplog
 ):
-    """The CrowdPose-format fixture (14 keypoints, no ``area``), declared in a config: a few
-    training iterations, COCOEvaluator with CrowdPose's sigmas, the demo's drawing metadata,
-    and ONNX and TorchScript exports whose runner returns 14 named keypoints per person."""
+    """The CrowdPose-format fixture (14 keypoints, no ``area``), declared in a config by its
+    files alone (no keypoint set, no NUM_KEYPOINTS): a few training iterations, COCOEvaluator
+    with CrowdPose's sigmas, the demo's drawing metadata, and ONNX and TorchScript exports
+    whose runner returns 14 named keypoints per person."""
     config = write_config(
         tmp_path / "crowdpose.yaml", crowdpose_dataset, ["crowdpose_mini"], ["crowdpose_mini"],
-        MODEL={"ROI_KEYPOINT_HEAD": {"NUM_KEYPOINTS": 14}}, OUTPUT_DIR=str(tmp_path / "run"),
+        OUTPUT_DIR=str(tmp_path / "run"),
         SOLVER={"IMS_PER_BATCH": 2, "MAX_ITER": 3, "WARMUP_ITERS": 1, "STEPS": [2]},
         DATALOADER={"NUM_WORKERS": 0}, TEST={"EVAL_PERIOD": 0, "PRECISE_BN": {"NUM_ITER": 2}},
         SEED=0,
@@ -252,7 +220,7 @@ def test_config_mismatches_stop_before_training_and_evaluation(
 def test_eval_only_checks_the_test_set_before_building_the_model(crowdpose_dataset, tmp_path):
     config = write_config(
         tmp_path / "crowdpose.yaml", crowdpose_dataset, [], ["crowdpose_mini"],
-        OUTPUT_DIR=str(tmp_path / "run"),
+        MODEL={"ROI_KEYPOINT_HEAD": {"NUM_KEYPOINTS": 17}}, OUTPUT_DIR=str(tmp_path / "run"),
     )  # fmt: skip
     result = subprocess.run(
         [sys.executable, str(REPO_ROOT / "train_net.py"), "--config-file", str(config),
@@ -617,6 +585,6 @@ def test_unregistered_names_and_other_category_counts_are_refused(
                    "MODEL.ROI_KEYPOINT_HEAD.NUM_KEYPOINTS", 14)  # fmt: skip
     with pytest.raises(
         ValueError,
-        match=r"MODEL.ROI_HEADS.NUM_CLASSES=1 does not match dataset 'two_categories', whose file has 2 categories",
+        match=r"MODEL.ROI_HEADS.NUM_CLASSES=1 does not match dataset 'two_categories', which has 2 classes",
     ):
         check_datasets(cfg, train=False)

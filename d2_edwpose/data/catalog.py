@@ -1,20 +1,27 @@
 """Checks of registered datasets made before a run starts: their files exist, and their
 keypoint sets match the config's model and evaluation."""
 
+import logging
 import os
 
 from detectron2.data import DatasetCatalog, MetadataCatalog
+from detectron2.utils.logger import log_first_n
 
 from .keypoint_sets import COCO_PERSON_OKS_SIGMAS, validate_keypoint_set
 from .synthetic import GENERATE_COMMAND
 
 __all__ = [
+    "NUM_KEYPOINTS_FROM_DATASETS",
     "check_keypoint_datasets",
     "check_num_classes",
     "check_registered",
+    "num_keypoints",
     "oks_sigmas",
     "verify_dataset_files",
 ]
+
+# MODEL.ROI_KEYPOINT_HEAD.NUM_KEYPOINTS's value for "the number of keypoints of the datasets".
+NUM_KEYPOINTS_FROM_DATASETS = -1
 
 _HOW_TO_GET = {
     "keypoints_coco_": (
@@ -59,6 +66,46 @@ def oks_sigmas(cfg, dataset_name):
     return list(MetadataCatalog.get(dataset_name).get("keypoint_oks_sigmas", ()))
 
 
+def num_keypoints(cfg):
+    """``MODEL.ROI_KEYPOINT_HEAD.NUM_KEYPOINTS``, or, when it is
+    :data:`NUM_KEYPOINTS_FROM_DATASETS` (-1), the number of keypoint names of the first
+    dataset of ``DATASETS.TRAIN`` + ``DATASETS.TEST`` registered with keypoint names (the
+    others must agree: :func:`check_keypoint_datasets`). What the keypoint head is built with
+    and what the checks compare the datasets to."""
+    value = cfg.MODEL.ROI_KEYPOINT_HEAD.NUM_KEYPOINTS
+    if value != NUM_KEYPOINTS_FROM_DATASETS:
+        if not (isinstance(value, int) and value > 0):
+            raise ValueError(
+                f"MODEL.ROI_KEYPOINT_HEAD.NUM_KEYPOINTS={value!r} is invalid: expected a "
+                f"positive integer, or {NUM_KEYPOINTS_FROM_DATASETS} for the number of keypoints "
+                "of the config's datasets"
+            )
+        return value
+    names = [*cfg.DATASETS.TRAIN, *cfg.DATASETS.TEST]
+    for name in names:
+        keypoint_names = (
+            MetadataCatalog.get(name).get("keypoint_names")
+            if name in MetadataCatalog.list()
+            else None
+        )
+        if keypoint_names:
+            log_first_n(
+                logging.INFO,
+                f"MODEL.ROI_KEYPOINT_HEAD.NUM_KEYPOINTS={NUM_KEYPOINTS_FROM_DATASETS}: "
+                f"{len(keypoint_names)}, the keypoints of dataset '{name}'",
+                n=1,
+                key="message",
+            )
+            return len(keypoint_names)
+    raise ValueError(
+        f"MODEL.ROI_KEYPOINT_HEAD.NUM_KEYPOINTS={NUM_KEYPOINTS_FROM_DATASETS} takes the number of "
+        "keypoints from the config's datasets, but none of DATASETS.TRAIN + DATASETS.TEST "
+        f"{names} is registered with keypoint names (a DATASETS.COCO_KEYPOINTS entry without "
+        "KEYPOINT_SET has them only when its JSON_FILE exists): declare the datasets, or set "
+        "MODEL.ROI_KEYPOINT_HEAD.NUM_KEYPOINTS"
+    )
+
+
 def check_registered(train_names, test_names):
     """Raise KeyError naming ``DATASETS.TRAIN``/``DATASETS.TEST`` and the registered names for
     a dataset name that nothing registered (a typo, or a dataset declared nowhere)."""
@@ -82,7 +129,7 @@ def check_keypoint_datasets(cfg, train_names, test_names):
     are checked as the datasets load. Nothing to check without keypoints."""
     if not cfg.MODEL.KEYPOINT_ON:
         return
-    num_keypoints = cfg.MODEL.ROI_KEYPOINT_HEAD.NUM_KEYPOINTS
+    count = None
     first = None
     for name in dict.fromkeys([*train_names, *test_names]):
         key = "DATASETS.TRAIN" if name in train_names else "DATASETS.TEST"
@@ -95,11 +142,14 @@ def check_keypoint_datasets(cfg, train_names, test_names):
                 "d2_edwpose.data.register_keypoint_dataset (or set its metadata's keypoint_names "
                 "and keypoint_flip_map)"
             )
-        if len(names) != num_keypoints:
+        if count is None:
+            count = num_keypoints(cfg)
+        if len(names) != count:
             raise ValueError(
-                f"MODEL.ROI_KEYPOINT_HEAD.NUM_KEYPOINTS={num_keypoints} does not match dataset "
+                f"MODEL.ROI_KEYPOINT_HEAD.NUM_KEYPOINTS={count} does not match dataset "
                 f"'{name}' ({key}), which has {len(names)} keypoints ({list(names)}): set "
-                f"MODEL.ROI_KEYPOINT_HEAD.NUM_KEYPOINTS {len(names)}"
+                f"MODEL.ROI_KEYPOINT_HEAD.NUM_KEYPOINTS {len(names)} (or "
+                f"{NUM_KEYPOINTS_FROM_DATASETS}: the datasets' number)"
             )
         if first is None:
             first = (name, list(names))
@@ -129,34 +179,38 @@ def check_keypoint_datasets(cfg, train_names, test_names):
             continue
         sigmas = oks_sigmas(cfg, name) or COCO_PERSON_OKS_SIGMAS
         declared = metadata.get("keypoint_oks_sigmas")
-        if len(sigmas) != num_keypoints:
+        if len(sigmas) != count:
             source = (
                 f"TEST.KEYPOINT_OKS_SIGMAS has {len(sigmas)} values"
                 if cfg.TEST.KEYPOINT_OKS_SIGMAS
                 else f"dataset '{name}' declares no OKS sigmas, and COCO's {len(sigmas)} apply"
             )
             raise ValueError(
-                f"{source}, but dataset '{name}' has {num_keypoints} keypoints: set "
-                f"TEST.KEYPOINT_OKS_SIGMAS to its {num_keypoints} sigmas"
+                f"{source}, but dataset '{name}' has {count} keypoints: set "
+                f"TEST.KEYPOINT_OKS_SIGMAS to its {count} sigmas"
                 + (", or to [] to use the dataset's" if declared else "")
             )
         if cfg.TEST.KEYPOINT_OKS_SIGMAS and declared and list(sigmas) != list(declared):
             raise ValueError(
                 f"TEST.KEYPOINT_OKS_SIGMAS={list(sigmas)} differs from the OKS sigmas of dataset "
                 f"'{name}' ({list(declared)}): set TEST.KEYPOINT_OKS_SIGMAS [] to use the "
-                "dataset's"
+                f"dataset's (those of DATASETS.COCO_KEYPOINTS.{name}.OKS_SIGMAS for a dataset "
+                "declared there)"
             )
 
 
 def check_num_classes(cfg, dataset_names):
-    """Raise ValueError naming ``MODEL.ROI_HEADS.NUM_CLASSES``, the dataset and its categories
-    when a loaded dataset has another number of categories: detectron2 would train the extra
-    ones as background (its label for background is NUM_CLASSES)."""
+    """Raise ValueError naming ``MODEL.ROI_HEADS.NUM_CLASSES``, the dataset and its classes
+    when a loaded dataset has another number of classes (its file's categories, or those it
+    keeps, or its one class): detectron2 would train the extra ones as background (its label
+    for background is NUM_CLASSES)."""
     for name in dataset_names:
         classes = MetadataCatalog.get(name).get("thing_classes")
         if classes is not None and len(classes) != cfg.MODEL.ROI_HEADS.NUM_CLASSES:
             raise ValueError(
                 f"MODEL.ROI_HEADS.NUM_CLASSES={cfg.MODEL.ROI_HEADS.NUM_CLASSES} does not match "
-                f"dataset '{name}', whose file has {len(classes)} categories {list(classes)}: set "
-                f"MODEL.ROI_HEADS.NUM_CLASSES {len(classes)}"
+                f"dataset '{name}', which has {len(classes)} classes {list(classes)}: set "
+                f"MODEL.ROI_HEADS.NUM_CLASSES {len(classes)}, or train them as one class "
+                f"(DATASETS.COCO_KEYPOINTS.{name}.ONE_CLASS: a class name) or keep some "
+                f"(DATASETS.COCO_KEYPOINTS.{name}.CATEGORIES: their names)"
             )

@@ -7,7 +7,12 @@ skeleton, OKS sigmas), which detectron2's flip augmentation (``keypoint_flip_map
 :class:`~d2_edwpose.evaluation.KeypointCOCOEvaluator`, ``keypoint_oks_sigmas``) and the
 exports (``keypoint_names``) read. Its loader checks the file before detectron2 converts it,
 so that a problem stops a run before its first iteration rather than in the evaluation at its
-end, with a message naming the file, the record and the field.
+end, with a message naming the file, the record and the field. A dataset may keep a subset of
+its file's categories, or train them all as one class (:mod:`.coco_categories`).
+
+:func:`register_config_datasets` registers the datasets of a config's
+``DATASETS.COCO_KEYPOINTS``; one without ``KEYPOINT_SET`` takes the keypoint set of its file's
+categories.
 """
 
 import functools
@@ -19,8 +24,17 @@ from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.data.datasets import load_coco_json
 from detectron2.data.datasets.builtin_meta import COCO_PERSON_KEYPOINT_NAMES
 
+from .coco_categories import (
+    check_categories,
+    keypoint_set_from_categories,
+    name_pairs,
+    read_categories,
+    select_categories,
+)
+from .keypoint_names import spelling_mismatch
 from .keypoint_sets import (
     COCO_PERSON_KEYPOINTS,
+    KEYPOINT_SETS,
     is_finite_number,
     read_keypoint_set,
     validate_keypoint_set,
@@ -35,16 +49,24 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-_CONFIG_DATASET_KEYS = ("JSON_FILE", "IMAGE_ROOT", "KEYPOINT_SET")
+# The keys of a DATASETS.COCO_KEYPOINTS entry (config.py describes them); the first two are
+# required.
+_CONFIG_DATASET_KEYS = (
+    "JSON_FILE", "IMAGE_ROOT",
+    "KEYPOINT_SET", "FLIP_PAIRS", "OKS_SIGMAS", "CATEGORIES", "ONE_CLASS",
+)  # fmt: skip
+# KEYPOINT_SET's value (and default) for the keypoint set of the file's categories.
+FROM_FILE = "from_file"
 
 # Fields of an image and of an annotation that detectron2's loader or COCO's evaluation cannot
 # do without (pycocotools indexes annotations by id; detectron2 reads every image's size).
 _IMAGE_FIELDS = ("id", "file_name", "height", "width")
 _ANNOTATION_FIELDS = ("id", "image_id", "category_id", "bbox", "keypoints")
 
-# (dataset name, file, modification time, size) of the files checked in this process: a file
-# is checked, and its missing fields reported, once, however often the dataset is loaded.
-_checked_files = set()
+# (dataset name, file, modification time, size) of the files checked in this process -> their
+# categories: a file is checked, and its missing fields reported, once, however often the
+# dataset is loaded.
+_checked_files = {}
 
 
 def _is_positive_int(value):
@@ -60,6 +82,8 @@ def register_keypoint_dataset(
     keypoint_flip_map=None,
     keypoint_connection_rules=None,
     oks_sigmas=None,
+    categories=None,
+    one_class=None,
 ):
     """Register a COCO-format keypoint dataset (a ``person_keypoints_*.json`` layout) under
     ``name`` in detectron2's ``DatasetCatalog`` and ``MetadataCatalog``.
@@ -74,6 +98,14 @@ def register_keypoint_dataset(
         keypoint_connection_rules: (name, name, (r, g, b)) lines that the ``Visualizer``
             draws; default none;
         oks_sigmas: one OKS sigma per keypoint for ``COCOEvaluator`` (required).
+
+    The keypoint set of the file's own categories is
+    ``**d2_edwpose.data.keypoint_set_from_file(json_file)``. Whatever the keypoint set:
+
+    Args:
+        categories: the names of the file's categories to train and evaluate (default: all),
+            in the file's order of ids; the annotations of the others are left out;
+        one_class: a class name: the (kept) categories train and evaluate as this one class.
 
     Registration reads no file; loading the dataset checks it (:func:`load_coco_keypoint_json`).
     ``TEST.KEYPOINT_OKS_SIGMAS`` left empty takes ``oks_sigmas``, and
@@ -103,6 +135,14 @@ def register_keypoint_dataset(
     validate_keypoint_set(
         keypoint_names, keypoint_flip_map, keypoint_connection_rules, oks_sigmas, where=where
     )
+    if categories is not None and (
+        isinstance(categories, str)
+        or not categories
+        or not all(isinstance(c, str) and c for c in categories)
+    ):
+        raise ValueError(f"{where}: categories={categories!r} must be a list of category names")
+    if one_class is not None and not (isinstance(one_class, str) and one_class):
+        raise ValueError(f"{where}: one_class={one_class!r} must be a class name")
     json_file, image_root = os.fspath(json_file), os.fspath(image_root)
     DatasetCatalog.register(
         name, functools.partial(load_coco_keypoint_json, json_file, image_root, name)
@@ -117,6 +157,22 @@ def register_keypoint_dataset(
         keypoint_flip_map=tuple(tuple(pair) for pair in keypoint_flip_map),
         keypoint_connection_rules=[(a, b, tuple(c)) for a, b, c in keypoint_connection_rules],
         keypoint_oks_sigmas=[float(s) for s in oks_sigmas],
+    )
+    if categories is not None:
+        MetadataCatalog.get(name).selected_categories = tuple(categories)
+    if one_class is not None:
+        MetadataCatalog.get(name).one_class = one_class
+
+
+def category_selection(dataset_name, categories):
+    """The :class:`~.coco_categories.CategorySelection` of a dataset of
+    :func:`register_keypoint_dataset` whose file has ``categories``."""
+    metadata = MetadataCatalog.get(dataset_name)
+    return select_categories(
+        categories,
+        metadata.get("selected_categories"),
+        metadata.get("one_class"),
+        where=f"Dataset '{dataset_name}'",
     )
 
 
@@ -180,9 +236,10 @@ def complete_coco_annotations(coco):
     return filled
 
 
-def _check_coco_keypoint_file(coco, keypoint_names):
+def _check_coco_keypoint_file(coco, keypoint_names, dataset_name):
     """Raise ValueError naming the record and the field for what detectron2's loader or COCO's
-    evaluation would fail on later, or would silently misread."""
+    evaluation would fail on later, or would silently misread. Annotations of categories the
+    dataset leaves out need no keypoints."""
     num_keypoints = len(keypoint_names)
     if not isinstance(coco, dict) or not all(
         isinstance(coco.get(k), list) for k in ("images", "categories")
@@ -203,18 +260,26 @@ def _check_coco_keypoint_file(coco, keypoint_names):
                 f"{image['width']!r} must be positive integers"
             )
         images[image["id"]] = image
-    categories = {}
-    for index, category in enumerate(coco["categories"]):
-        if "id" not in category or "name" not in category:
-            raise ValueError(f"categories[{index}] needs an 'id' and a 'name'")
+    check_categories(coco["categories"])
+    categories = {category["id"]: category for category in coco["categories"]}
+    kept = category_selection(dataset_name, coco["categories"]).contiguous_id
+    for category in coco["categories"]:
         names = category.get("keypoints")
-        if names is not None and list(names) != list(keypoint_names):
+        if names is None or category["id"] not in kept:
+            continue
+        mismatch = spelling_mismatch(names, keypoint_names)
+        if mismatch is not None:
             raise ValueError(
                 f"category {category['name']!r} names the keypoints {list(names)}, but the "
-                f"dataset is registered with keypoint_names={list(keypoint_names)}: register it "
-                "with the file's keypoint set, in this order"
+                f"dataset is registered with keypoint_names={list(keypoint_names)} ({mismatch}): "
+                "leave KEYPOINT_SET out to take the file's keypoint set, or register it with "
+                "the file's keypoints, in its order"
             )
-        categories[category["id"]] = category
+        if list(names) != list(keypoint_names):
+            logger.info(
+                f"Dataset '{dataset_name}': category {category['name']!r} spells the keypoints "
+                f"{list(names)}; they are the registered {list(keypoint_names)}"
+            )
     annotation_ids = set()
     # A test set without annotations (COCO's test-dev layout) loads; detectron2 then only
     # writes the predictions.
@@ -222,7 +287,12 @@ def _check_coco_keypoint_file(coco, keypoint_names):
         record = f"annotations[{index}]" + (
             f" (id {annotation['id']})" if "id" in annotation else ""
         )
-        missing = [field for field in _ANNOTATION_FIELDS if field not in annotation]
+        missing = [
+            field
+            for field in _ANNOTATION_FIELDS
+            if field not in annotation
+            and not (field == "keypoints" and annotation.get("category_id") not in kept)
+        ]
         if missing:
             raise ValueError(
                 f"{record} has no {missing}; every annotation needs {list(_ANNOTATION_FIELDS)} "
@@ -250,6 +320,8 @@ def _check_coco_keypoint_file(coco, keypoint_names):
         bbox = annotation["bbox"]
         if not (isinstance(bbox, list) and len(bbox) == 4 and all(map(is_finite_number, bbox))):
             raise ValueError(f"{record}: bbox {bbox!r} is not [x, y, width, height]")
+        if annotation["category_id"] not in kept:
+            continue
         keypoints = annotation["keypoints"]
         if len(keypoints) != 3 * num_keypoints:
             raise ValueError(
@@ -264,6 +336,10 @@ def load_coco_keypoint_json(json_file, image_root, dataset_name):
     record and the field) and warning about the fields that evaluation fills in
     (:func:`complete_coco_annotations`). The check reads the file once per process (a second
     parse besides pycocotools' in ``load_coco_json``); later loads of an unchanged file skip it.
+
+    The annotations are those of the dataset's categories (all, or those it keeps), labelled
+    with their class; the metadata's ``thing_classes`` and ``thing_dataset_id_to_contiguous_id``
+    are set as ``load_coco_json`` sets them for all categories.
     """
     if not os.path.isfile(json_file):
         raise FileNotFoundError(
@@ -280,7 +356,9 @@ def load_coco_keypoint_json(json_file, image_root, dataset_name):
                 f"Dataset '{dataset_name}': cannot read {json_file} as JSON: {e}"
             ) from e
         try:
-            _check_coco_keypoint_file(coco, MetadataCatalog.get(dataset_name).keypoint_names)
+            _check_coco_keypoint_file(
+                coco, MetadataCatalog.get(dataset_name).keypoint_names, dataset_name
+            )
         except ValueError as e:
             raise ValueError(f"Dataset '{dataset_name}': {json_file}: {e}") from None
         missing = {}
@@ -297,8 +375,26 @@ def load_coco_keypoint_json(json_file, image_root, dataset_name):
                 "of the segmentation, else of the box; iscrowd: 0; num_keypoints: the labelled "
                 "keypoints)."
             )
-        _checked_files.add(checked)
-    return load_coco_json(json_file, image_root, dataset_name)
+        _checked_files[checked] = coco["categories"]
+    selection = category_selection(dataset_name, _checked_files[checked])
+    metadata = MetadataCatalog.get(dataset_name)
+    metadata.thing_classes = selection.thing_classes
+    metadata.thing_dataset_id_to_contiguous_id = selection.dataset_id_to_contiguous_id
+    # Without a dataset name, load_coco_json keeps the file's category ids, which the
+    # selection maps to classes.
+    return selection.apply_to_records(load_coco_json(json_file, image_root))
+
+
+def _register_without_keypoints(name, json_file, image_root):
+    """Register a dataset whose file, which would give its keypoint set, does not exist: the
+    checks of a run that uses it name the missing file (verify_dataset_files), and loading it
+    fails on it; a run that does not use it is unaffected."""
+    DatasetCatalog.register(
+        name, functools.partial(load_coco_keypoint_json, json_file, image_root, name)
+    )
+    MetadataCatalog.get(name).set(
+        json_file=json_file, image_root=image_root, evaluator_type="coco"
+    )
 
 
 def register_config_datasets(cfg):
@@ -308,11 +404,13 @@ def register_config_datasets(cfg):
 
         DATASETS:
           COCO_KEYPOINTS:
-            crowdpose_train:
-              JSON_FILE: datasets/crowdpose/json/crowdpose_trainval.json
-              IMAGE_ROOT: datasets/crowdpose/images
-              KEYPOINT_SET: crowdpose   # coco_person (default), crowdpose, or a .json file
-          TRAIN: ("crowdpose_train",)
+            my_train: {JSON_FILE: "datasets/mine/train.json", IMAGE_ROOT: "datasets/mine/images"}
+          TRAIN: ("my_train",)
+
+    An entry without ``KEYPOINT_SET`` (or with ``"from_file"``) takes the keypoint set of its
+    file's categories (:func:`~.coco_categories.keypoint_set_from_categories`; this reads the
+    file, once per process, and logs where each part came from); ``FLIP_PAIRS``,
+    ``OKS_SIGMAS``, ``CATEGORIES`` and ``ONE_CLASS`` are described in ``config.py``.
 
     Paths are as given (relative ones: to the working directory). A name registered before
     with the same files and keypoints is left as it is; with others it is an error
@@ -327,24 +425,72 @@ def register_config_datasets(cfg):
         ):
             raise ValueError(
                 f"{key}={entry!r} is invalid: expected {{JSON_FILE: path, IMAGE_ROOT: path}} and "
-                "optionally KEYPOINT_SET"
+                f"optionally {', '.join(_CONFIG_DATASET_KEYS[2:])}"
             )
+        json_file, image_root = entry["JSON_FILE"], entry["IMAGE_ROOT"]
         keypoint_set_key = f"{key}.KEYPOINT_SET"
-        keypoint_set = entry.get("KEYPOINT_SET", "coco_person")
-        arguments = read_keypoint_set(keypoint_set, keypoint_set_key)
+        keypoint_set = entry.get("KEYPOINT_SET", FROM_FILE)
+        if not isinstance(keypoint_set, str):
+            raise ValueError(
+                f"{keypoint_set_key}={keypoint_set!r} is invalid: expected {FROM_FILE!r} (the "
+                f"default), one of {sorted(KEYPOINT_SETS)} or a .json file"
+            )
+        options = dict(categories=entry.get("CATEGORIES"), one_class=entry.get("ONE_CLASS"))
         if name in DatasetCatalog.list():
-            metadata = MetadataCatalog.get(name)
-            registered = [metadata.get(k) for k in ("json_file", "image_root")]
-            if registered != [entry["JSON_FILE"], entry["IMAGE_ROOT"]] or list(
-                metadata.get("keypoint_names", ())
-            ) != list(arguments["keypoint_names"]):
-                raise ValueError(
-                    f"{key}: dataset '{name}' is already registered with other files or "
-                    f"keypoints (json_file={registered[0]!r}): give the config's dataset another "
-                    "name"
-                )
+            _check_registered_again(name, key, entry, keypoint_set, options)
             continue
+        if keypoint_set == FROM_FILE and not os.path.isfile(json_file):
+            _register_without_keypoints(name, json_file, image_root)
+            continue
+        flip_pairs, oks_sigmas = entry.get("FLIP_PAIRS"), entry.get("OKS_SIGMAS")
+        categories = None
+        if keypoint_set == FROM_FILE:
+            categories = read_categories(json_file, where=key)
+            arguments, summary = keypoint_set_from_categories(
+                categories,
+                selected=options["categories"],
+                flip_pairs=flip_pairs,
+                oks_sigmas=oks_sigmas,
+                where=key,
+                keys={"flip_pairs": f"{key}.FLIP_PAIRS", "oks_sigmas": f"{key}.OKS_SIGMAS"},
+            )
+            logger.info(f"Dataset '{name}' ({json_file}): {summary}")
+        else:
+            arguments = dict(read_keypoint_set(keypoint_set, keypoint_set_key))
+            if flip_pairs is not None:
+                arguments["keypoint_flip_map"] = name_pairs(
+                    flip_pairs, arguments["keypoint_names"], key=f"{key}.FLIP_PAIRS"
+                )
+            if oks_sigmas is not None:
+                arguments["oks_sigmas"] = oks_sigmas
         try:
-            register_keypoint_dataset(name, entry["JSON_FILE"], entry["IMAGE_ROOT"], **arguments)
+            register_keypoint_dataset(name, json_file, image_root, **arguments, **options)
         except ValueError as e:
-            raise ValueError(f"{keypoint_set_key}={keypoint_set!r}: {e}") from None
+            where = key if keypoint_set == FROM_FILE else f"{keypoint_set_key}={keypoint_set!r}"
+            raise ValueError(f"{where}: {e}") from None
+        if categories is not None:  # the classes too are known before the dataset loads
+            selection = category_selection(name, categories)
+            MetadataCatalog.get(name).set(
+                thing_classes=selection.thing_classes,
+                thing_dataset_id_to_contiguous_id=selection.dataset_id_to_contiguous_id,
+            )
+
+
+def _check_registered_again(name, key, entry, keypoint_set, options):
+    """Raise ValueError unless the dataset ``name``, registered before, was registered from
+    the same declaration (files, named keypoint set, categories)."""
+    metadata = MetadataCatalog.get(name)
+    registered = [metadata.get(k) for k in ("json_file", "image_root")]
+    same = registered == [entry["JSON_FILE"], entry["IMAGE_ROOT"]]
+    same &= metadata.get("selected_categories") == (
+        tuple(options["categories"]) if options["categories"] is not None else None
+    )
+    same &= metadata.get("one_class") == options["one_class"]
+    if keypoint_set != FROM_FILE:
+        names = read_keypoint_set(keypoint_set, f"{key}.KEYPOINT_SET")["keypoint_names"]
+        same &= list(metadata.get("keypoint_names", ())) == list(names)
+    if not same:
+        raise ValueError(
+            f"{key}: dataset '{name}' is already registered with other files, keypoints or "
+            f"categories (json_file={registered[0]!r}): give the config's dataset another name"
+        )

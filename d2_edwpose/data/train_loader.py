@@ -33,7 +33,7 @@ from detectron2.data.build import trivial_batch_collator
 from detectron2.data.common import DatasetFromList
 from detectron2.utils import comm
 
-from .catalog import check_num_classes
+from .catalog import check_num_classes, num_keypoints
 from .checks import ReportingMapper, check_annotations
 
 __all__ = [
@@ -245,7 +245,7 @@ def build_resumable_train_loader(cfg, mapper=None):
     check_annotations(
         dataset,
         cfg.DATASETS.TRAIN,
-        cfg.MODEL.ROI_KEYPOINT_HEAD.NUM_KEYPOINTS if cfg.MODEL.KEYPOINT_ON else None,
+        num_keypoints(cfg) if cfg.MODEL.KEYPOINT_ON else None,
     )
     return ResumableTrainLoader(
         dataset,

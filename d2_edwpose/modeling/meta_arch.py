@@ -10,7 +10,7 @@ from detectron2.structures import Boxes, Instances, Keypoints
 
 from ..config import check_fixed_size_config
 
-__all__ = ["FixedInputSizeRCNN", "resize_to_fixed_size"]
+__all__ = ["FixedInputSizeRCNN", "resize_sample", "resize_to_fixed_size"]
 
 # Instance fields that are not geometric and so survive a resize unchanged.
 _SIZE_INDEPENDENT_FIELDS = ("gt_classes",)
@@ -48,6 +48,30 @@ def _scale_instances(instances: Instances, size: Tuple[int, int]) -> Instances:
     return scaled
 
 
+def resize_sample(inputs: Dict, size: Tuple[int, int], device=None) -> Dict:
+    """A model input (a dataset mapper's output: ``image``, optional ``instances``) resized to
+    ``size`` as :class:`FixedInputSizeRCNN` resizes it, ground truth included: what the model
+    sees. ``height``/``width`` keep the size of the image given, unless set already."""
+    image = inputs["image"]
+    height, width = image.shape[-2:]
+    if (height, width) == tuple(size):
+        return inputs
+    unsupported = [key for key in _UNSUPPORTED_INPUTS if key in inputs]
+    if unsupported:
+        raise ValueError(
+            f"FixedInputSizeRCNN cannot resize the inputs {unsupported} of an image of "
+            f"size {(height, width)} to INPUT.FIXED_SIZE={tuple(size)}"
+        )
+    inputs = dict(inputs)
+    inputs["image"] = resize_to_fixed_size(image if device is None else image.to(device), size)
+    # Results are mapped back to the size of the image given, unless told otherwise.
+    inputs.setdefault("height", height)
+    inputs.setdefault("width", width)
+    if "instances" in inputs:
+        inputs["instances"] = _scale_instances(inputs["instances"], size)
+    return inputs
+
+
 @META_ARCH_REGISTRY.register()
 class FixedInputSizeRCNN(GeneralizedRCNN):
     """detectron2's GeneralizedRCNN, with every input image resized to ``INPUT.FIXED_SIZE``.
@@ -77,28 +101,7 @@ class FixedInputSizeRCNN(GeneralizedRCNN):
         return args
 
     def _resize_inputs(self, batched_inputs: List[Dict]) -> List[Dict]:
-        resized = []
-        for inputs in batched_inputs:
-            image = inputs["image"]
-            height, width = image.shape[-2:]
-            if (height, width) == self.input_size:
-                resized.append(inputs)
-                continue
-            unsupported = [key for key in _UNSUPPORTED_INPUTS if key in inputs]
-            if unsupported:
-                raise ValueError(
-                    f"FixedInputSizeRCNN cannot resize the inputs {unsupported} of an image of "
-                    f"size {(height, width)} to INPUT.FIXED_SIZE={self.input_size}"
-                )
-            inputs = dict(inputs)
-            inputs["image"] = resize_to_fixed_size(image.to(self.device), self.input_size)
-            # Results are mapped back to the size of the image given, unless told otherwise.
-            inputs.setdefault("height", height)
-            inputs.setdefault("width", width)
-            if "instances" in inputs:
-                inputs["instances"] = _scale_instances(inputs["instances"], self.input_size)
-            resized.append(inputs)
-        return resized
+        return [resize_sample(inputs, self.input_size, self.device) for inputs in batched_inputs]
 
     def forward(self, batched_inputs: List[Dict[str, torch.Tensor]]):
         if not self.training:

@@ -24,6 +24,7 @@ from detectron2.utils.visualizer import ColorMode, Visualizer
 from d2_edwpose import add_edwpose_config
 from d2_edwpose.atomic_files import atomic_path
 from d2_edwpose.data import register_config_datasets
+from d2_edwpose.data.catalog import num_keypoints
 from d2_edwpose.engine import build_predictor
 from d2_edwpose.modeling.cpu_inference import optimize_for_inference
 
@@ -56,10 +57,10 @@ def keypoint_metadata(cfg):
     else:
         name = "COCO's person keypoints"
         metadata = MetadataCatalog.get("__d2_edwpose_demo").set(**_get_builtin_metadata("coco_person"))
-    num_keypoints = cfg.MODEL.ROI_KEYPOINT_HEAD.NUM_KEYPOINTS
-    if len(metadata.keypoint_names) != num_keypoints:
+    count = num_keypoints(cfg)
+    if len(metadata.keypoint_names) != count:
         raise ValueError(
-            f"MODEL.ROI_KEYPOINT_HEAD.NUM_KEYPOINTS={num_keypoints}, but the keypoint set to draw "
+            f"MODEL.ROI_KEYPOINT_HEAD.NUM_KEYPOINTS={count}, but the keypoint set to draw "
             f"with ({name}) has {len(metadata.keypoint_names)}: set DATASETS.TEST to a "
             "registered dataset of the model's keypoint set (d2_edwpose.data.register_keypoint_dataset)"
         )

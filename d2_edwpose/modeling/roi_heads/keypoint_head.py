@@ -9,6 +9,7 @@ from detectron2.modeling.roi_heads.keypoint_head import (
 )
 
 from ...config import conv_type_arguments
+from ...data.catalog import num_keypoints
 from ...layers import conv_class_of_type, xavier_fill_convs
 from ..former_names import register_former_name
 from .keypoint_decoding import keypoint_rcnn_inference
@@ -77,6 +78,12 @@ class KRCNNConfigurableConvDeconvUpsampleHead(KRCNNConvDeconvUpsampleHead):
 
     @classmethod
     def from_config(cls, cfg, input_shape):
+        # NUM_KEYPOINTS -1 is the number of keypoints of the config's datasets.
+        count = num_keypoints(cfg)
+        if count != cfg.MODEL.ROI_KEYPOINT_HEAD.NUM_KEYPOINTS:
+            cfg = cfg.clone()
+            cfg.defrost()
+            cfg.MODEL.ROI_KEYPOINT_HEAD.NUM_KEYPOINTS = count
         return {
             **super().from_config(cfg, input_shape),
             **conv_type_arguments(cfg, "ROI_KEYPOINT_HEAD"),

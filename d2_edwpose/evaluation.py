@@ -1,10 +1,14 @@
 """COCO keypoint evaluation for any keypoint set."""
 
+import logging
+
 from detectron2.evaluation import COCOEvaluator
 
 from .data.coco_keypoints import complete_coco_annotations
 
 __all__ = ["KeypointCOCOEvaluator"]
+
+logger = logging.getLogger(__name__)
 
 
 class KeypointCOCOEvaluator(COCOEvaluator):
@@ -15,9 +19,29 @@ class KeypointCOCOEvaluator(COCOEvaluator):
 
     Pass the OKS sigmas of the dataset's keypoint set as ``kpt_oks_sigmas``
     (:func:`~d2_edwpose.data.catalog.oks_sigmas`); empty means COCO's 17.
+
+    When it was given fewer images than its ground truth holds (the image scan left bad ones
+    out: ``DATASETS.IMAGE_SCAN.BAD_ENTRIES "drop"``), it scores the images it was given, with a
+    warning, rather than counting every person of the others as missed.
     """
 
     def __init__(self, dataset_name, *args, **kwargs):
         super().__init__(dataset_name, *args, **kwargs)
+        self._dataset_name = dataset_name
         # pycocotools' index holds the same annotation dicts: filling them in place suffices.
         complete_coco_annotations(self._coco_api.dataset)
+
+    def _eval_predictions(self, predictions, img_ids=None):
+        if img_ids is None:
+            evaluated = {prediction["image_id"] for prediction in predictions}
+            ground_truth = set(self._coco_api.getImgIds())
+            if evaluated < ground_truth:
+                logger.warning(
+                    f"Evaluating {len(evaluated)} of the {len(ground_truth)} images of "
+                    f"'{self._dataset_name}': the other {len(ground_truth - evaluated)} were "
+                    "not in the test loader (the image scan leaves bad images out with "
+                    "DATASETS.IMAGE_SCAN.BAD_ENTRIES 'drop'). The AP below is over these images "
+                    "only, not comparable with an AP over the whole set."
+                )
+                img_ids = sorted(evaluated)
+        super()._eval_predictions(predictions, img_ids=img_ids)

@@ -365,7 +365,12 @@ def scan_images(
             # Not cached: a read error may be transient, and bad files are few.
             problems_by_file[path] = problem
     if cache_file is not None:
-        files = {os.path.abspath(path): facts[path] for path in paths if path in facts}
+        # Entries of files not in this scan are kept: a training set scanned after detectron2
+        # removed its images without people shares the cache file of the whole set.
+        files = dict(cached)
+        files.update((os.path.abspath(path), facts[path]) for path in facts)
+        for path in problems_by_file:
+            files.pop(os.path.abspath(path), None)
         if files != cached:
             _save_cache(cache_file, mode, files)
 

@@ -344,9 +344,13 @@ def scan_images(
         )
     )
     cached = _load_cache(cache_file, mode)
+    # The cache's names: absolute, for names relative to the working directory (not
+    # normalized: another spelling of a name only misses the cache).
+    cwd = os.getcwd()
+    keys = {path: os.path.join(cwd, path) for path in paths}
     facts, problems_by_file, to_read = {}, {}, []
     for path in paths:
-        entry = cached.get(os.path.abspath(path))
+        entry = cached.get(keys[path])
         if entry is not None:
             try:
                 key = _stat_key(os.stat(path))
@@ -364,13 +368,13 @@ def scan_images(
         else:
             # Not cached: a read error may be transient, and bad files are few.
             problems_by_file[path] = problem
-    if cache_file is not None:
+    if cache_file is not None and to_read:
         # Entries of files not in this scan are kept: a training set scanned after detectron2
         # removed its images without people shares the cache file of the whole set.
         files = dict(cached)
-        files.update((os.path.abspath(path), facts[path]) for path in facts)
+        files.update((keys[path], facts[path]) for path in facts)
         for path in problems_by_file:
-            files.pop(os.path.abspath(path), None)
+            files.pop(keys[path], None)
         if files != cached:
             _save_cache(cache_file, mode, files)
 

@@ -15,12 +15,18 @@ from .layers import CONV_TYPES, is_valid_expand_factor
 
 __all__ = [
     "CONV_TYPES",
+    "IMAGE_SCAN_BAD_ENTRIES",
     "add_edwpose_config",
     "check_fixed_size_config",
+    "check_image_scan_config",
     "check_mobilenetv3_config",
     "conv_type_arguments",
     "validate_edwpose_config",
 ]
+
+
+# What DATASETS.IMAGE_SCAN.BAD_ENTRIES can say.
+IMAGE_SCAN_BAD_ENTRIES = ("error", "drop")
 
 
 def add_edwpose_config(cfg):
@@ -74,6 +80,22 @@ def add_edwpose_config(cfg):
     # that is still being trained: it folds the norms away.
     cfg.TEST.OPTIMIZE_FOR_INFERENCE = False
 
+    # The scan of every image of DATASETS.TRAIN and DATASETS.TEST before the first iteration
+    # (d2_edwpose.data.image_scan): each file exists, is an image, and detectron2 reads it at
+    # the size its record gives.
+    cfg.DATASETS.IMAGE_SCAN = CN()
+    cfg.DATASETS.IMAGE_SCAN.ENABLED = True
+    # "error": stop before training, listing the bad entries; "drop": train and evaluate
+    # without them (one warning). Either way they are all listed in
+    # OUTPUT_DIR/image_scan/<datasets>.json.
+    cfg.DATASETS.IMAGE_SCAN.BAD_ENTRIES = "error"
+    # Decode every image, not only the files that do not end as a JPEG or PNG should: finds
+    # damaged pixel data behind an intact header and end, at the cost of decoding them all.
+    cfg.DATASETS.IMAGE_SCAN.FULL_DECODE = False
+    # Folder of the cache of the scan's findings per image file; "" for
+    # $XDG_CACHE_HOME/d2_edwpose/image_scan (~/.cache/d2_edwpose/image_scan).
+    cfg.DATASETS.IMAGE_SCAN.CACHE_DIR = ""
+
 
 def _check(key, value, valid, expected):
     if not valid:
@@ -102,6 +124,17 @@ def check_fixed_size_config(cfg):
         size,
         len(size) == 2 and all(_is_int(s) and s > 0 for s in size),
         "(height, width), two positive integers",
+    )
+
+
+def check_image_scan_config(cfg):
+    """Check DATASETS.IMAGE_SCAN, which d2_edwpose.data.image_scan.ImageScan reads."""
+    bad_entries = cfg.DATASETS.IMAGE_SCAN.BAD_ENTRIES
+    _check(
+        "DATASETS.IMAGE_SCAN.BAD_ENTRIES",
+        bad_entries,
+        bad_entries in IMAGE_SCAN_BAD_ENTRIES,
+        "'error' (stop before training, listing them) or 'drop' (leave them out, with a warning)",
     )
 
 
@@ -191,6 +224,7 @@ def validate_edwpose_config(cfg):
     from .modeling.roi_heads.keypoint_head import KRCNNConfigurableConvDeconvUpsampleHead
 
     check_fixed_size_config(cfg)
+    check_image_scan_config(cfg)
     backbone = cfg.MODEL.BACKBONE.NAME
     if backbone in BACKBONE_NAMES:
         check_mobilenetv3_config(cfg, fpn=backbone == "build_mobilenetv3_fpn_backbone")

@@ -6,7 +6,12 @@ import weakref
 import torch
 from fvcore.nn.precise_bn import get_bn_modules, update_bn_stats
 
-from detectron2.data import DatasetCatalog, DatasetMapper, build_detection_test_loader
+from detectron2.data import (
+    DatasetCatalog,
+    DatasetMapper,
+    build_detection_test_loader,
+    get_detection_dataset_dicts,
+)
 from detectron2.engine import DefaultPredictor, DefaultTrainer, HookBase, hooks
 from detectron2.utils import comm
 from detectron2.utils.events import EventStorage
@@ -23,6 +28,7 @@ from .data.catalog import (
 )
 from .data.checks import ReportingMapper, check_keypoint_counts
 from .data.coco_keypoints import register_config_datasets
+from .data.image_scan import ImageScan
 from .data.train_loader import (
     MODEL_STREAM,
     PRECISE_BN_STREAM,
@@ -57,21 +63,24 @@ def check_datasets(cfg, *, train):
     """Register the config's ``DATASETS.COCO_KEYPOINTS`` and check, before anything runs, what
     would otherwise fail or mislead later: the datasets are registered and their files exist,
     their keypoint sets match the config (:func:`check_keypoint_datasets`), and the test sets
-    load, with ``NUM_CLASSES`` classes and ``NUM_KEYPOINTS`` keypoints per annotation
-    (:func:`~d2_edwpose.data.catalog.num_keypoints`: -1 is the datasets' number), so that an evaluation at the end of a schedule cannot fail on them. ``train``:
-    check ``DATASETS.TRAIN`` too (whose annotations the training loader checks as it loads
-    them, before the first iteration)."""
+    load, with ``NUM_CLASSES`` classes, ``NUM_KEYPOINTS`` keypoints per annotation
+    (:func:`~d2_edwpose.data.catalog.num_keypoints`: -1 is the datasets' number) and images
+    that detectron2 reads (``DATASETS.IMAGE_SCAN``), so that an evaluation at the end of a
+    schedule cannot fail on them. ``train``: check ``DATASETS.TRAIN`` too (whose annotations
+    and images the training loader checks as it loads them, before the first iteration)."""
     register_config_datasets(cfg)
     train_names = tuple(cfg.DATASETS.TRAIN) if train else ()
     test_names = tuple(cfg.DATASETS.TEST)
     check_registered(train_names, test_names)
     verify_dataset_files(train_names + test_names)
     check_keypoint_datasets(cfg, train_names, test_names)
+    image_scan = ImageScan.from_config(cfg)
     for name in test_names:
         dataset_dicts = DatasetCatalog.get(name)
         check_num_classes(cfg, [name])
         if cfg.MODEL.KEYPOINT_ON:
             check_keypoint_counts(dataset_dicts, [name], num_keypoints(cfg))
+        image_scan(dataset_dicts, [name])
 
 
 class PreciseBN(HookBase):
@@ -188,9 +197,21 @@ class Trainer(DefaultTrainer):
 
     @classmethod
     def build_test_loader(cls, cfg, dataset_name):
+        """detectron2's test loader of ``dataset_name``, over the records that the image scan
+        keeps (all, unless ``DATASETS.IMAGE_SCAN.BAD_ENTRIES`` is "drop")."""
         verify_dataset_files([dataset_name])
+        proposal_files = (
+            [cfg.DATASETS.PROPOSAL_FILES_TEST[list(cfg.DATASETS.TEST).index(dataset_name)]]
+            if cfg.MODEL.LOAD_PROPOSALS
+            else None
+        )
+        dataset = get_detection_dataset_dicts(
+            [dataset_name], filter_empty=False, proposal_files=proposal_files
+        )
         return build_detection_test_loader(
-            cfg, dataset_name, mapper=ReportingMapper(DatasetMapper(cfg, False))
+            ImageScan.from_config(cfg)(dataset, [dataset_name]),
+            mapper=ReportingMapper(DatasetMapper(cfg, False)),
+            num_workers=cfg.DATALOADER.NUM_WORKERS,
         )
 
     def build_hooks(self):

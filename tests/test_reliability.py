@@ -407,12 +407,17 @@ def test_keypoints_of_the_wrong_length_are_an_error():
 
 
 def test_unreadable_images_stop_loading_naming_the_file(tmp_path, restore_synthetic_registration):
+    """Files that go bad after the image scan (tests/test_image_scan.py), as in a run: the
+    loader's error names them, also from a worker."""
     root = Path(generate_synthetic_keypoints(tmp_path / "data", num_train=2, num_val=1, seed=2))
     (root / "train" / "000001.jpg").write_bytes(b"this is not a JPEG")
     truncated = root / "val" / "000000.jpg"
     truncated.write_bytes(truncated.read_bytes()[:2000])
     register_synthetic_keypoints(root)
-    cfg = demo_cfg("SOLVER.IMS_PER_BATCH", 2, "DATALOADER.NUM_WORKERS", 1, "SEED", 0)
+    cfg = demo_cfg(
+        "SOLVER.IMS_PER_BATCH", 2, "DATALOADER.NUM_WORKERS", 1, "SEED", 0,
+        "DATASETS.IMAGE_SCAN.ENABLED", False,
+    )  # fmt: skip
 
     with pytest.raises(SampleLoadError) as error:  # raised in a worker, re-raised here
         next(iter(Trainer.build_train_loader(cfg)))

@@ -35,6 +35,7 @@ from detectron2.utils import comm
 
 from .catalog import check_num_classes, num_keypoints
 from .checks import ReportingMapper, check_annotations
+from .image_scan import ImageScan
 
 __all__ = [
     "ResumableTrainLoader",
@@ -221,6 +222,7 @@ def build_resumable_train_loader(cfg, mapper=None):
     Takes the same config keys as detectron2's ``build_detection_train_loader`` with
     ``DATALOADER.SAMPLER_TRAIN: "TrainingSampler"``; ``DATALOADER.ASPECT_RATIO_GROUPING`` is
     ignored. The seed is ``cfg.SEED``, or a random one shared by all ranks if it is negative.
+    The images are scanned first (``DATASETS.IMAGE_SCAN``, :class:`~.image_scan.ImageScan`).
     """
     if cfg.DATALOADER.SAMPLER_TRAIN != "TrainingSampler":
         raise ValueError(
@@ -242,6 +244,7 @@ def build_resumable_train_loader(cfg, mapper=None):
         proposal_files=cfg.DATASETS.PROPOSAL_FILES_TRAIN if cfg.MODEL.LOAD_PROPOSALS else None,
     )
     check_num_classes(cfg, cfg.DATASETS.TRAIN)
+    dataset = ImageScan.from_config(cfg)(dataset, cfg.DATASETS.TRAIN)
     check_annotations(
         dataset,
         cfg.DATASETS.TRAIN,

@@ -1,10 +1,13 @@
 """COCO keypoint files in the layouts of public keypoint datasets, written for tests: their
 categories as the datasets' own files have them (names in the datasets' spellings, 1-based
-skeletons), with a few images and random people. The images are not written: registration
-and loading read only the file."""
+skeletons), with a few images and random people. Registration and loading read only the file;
+:func:`write_images` writes blank images of the records' sizes for what reads the images too
+(the image scan before training)."""
 
 import json
+from pathlib import Path
 
+import cv2
 import numpy as np
 
 from d2_edwpose.data.keypoint_sets import KEYPOINT_SETS
@@ -113,3 +116,12 @@ def write_layout(path, layout, **kwargs):
     names, limbs, categories, _, _ = LAYOUTS[layout]
     path.write_text(json.dumps(coco_keypoint_file(names, limbs, categories, **kwargs)))
     return path
+
+
+def write_images(json_file, image_root):
+    """Blank JPEGs of the records' sizes under ``image_root`` for the images of ``json_file``
+    that are not there yet."""
+    for image in json.loads(Path(json_file).read_text())["images"]:
+        path = Path(image_root) / image["file_name"]
+        if not path.exists():
+            cv2.imwrite(str(path), np.zeros((image["height"], image["width"], 3), np.uint8))

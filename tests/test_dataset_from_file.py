@@ -7,6 +7,7 @@ import copy
 import json
 import logging
 import re
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -25,14 +26,18 @@ from d2_edwpose.engine import Trainer, check_datasets
 from d2_edwpose.evaluation import KeypointCOCOEvaluator
 
 from conftest import user_cfg, write_config
-from keypoint_layouts import LAYOUTS, coco_keypoint_file, write_layout
+from keypoint_layouts import LAYOUTS, coco_keypoint_file, write_images, write_layout
 
 pytestmark = pytest.mark.usefixtures("unregister_test_datasets")
 LOGGER = "d2_edwpose.data.coco_categories"
 
 
 def declare(tmp_path, datasets, train=(), test=(), **sections):
-    """The config of a user's datasets (name -> DATASETS.COCO_KEYPOINTS entry)."""
+    """The config of a user's datasets (name -> DATASETS.COCO_KEYPOINTS entry), with their
+    images written."""
+    for keys in datasets.values():
+        if Path(keys["JSON_FILE"]).is_file():
+            write_images(keys["JSON_FILE"], keys["IMAGE_ROOT"])
     return user_cfg(write_config(tmp_path / "config.yaml", datasets, train, test, **sections))
 
 

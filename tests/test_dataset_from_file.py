@@ -80,6 +80,31 @@ def test_the_keypoint_set_comes_from_the_file(layout, tmp_path, caplog):
     assert metadata.thing_classes == categories
 
 
+# The flip pairs whose sigmas the set's own source gives unequal: AI Challenger's are measured
+# per keypoint (keypoint_eval.py's deltas), and mmpose's Animal-Pose sigmas give the two ear
+# bases different values.
+_UNEQUAL_SIGMA_PAIRS = {
+    "ai_challenger": {
+        ("left_shoulder", "right_shoulder"), ("left_elbow", "right_elbow"),
+        ("left_wrist", "right_wrist"), ("left_hip", "right_hip"), ("left_knee", "right_knee"),
+        ("left_ankle", "right_ankle"),
+    },
+    "animal_pose": {("left_ear_base", "right_ear_base")},
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("name", sorted(KEYPOINT_SETS))
+def test_the_two_keypoints_of_a_flip_pair_have_one_sigma(name):
+    keypoint_set = KEYPOINT_SETS[name]
+    sigma = dict(zip(keypoint_set["keypoint_names"], keypoint_set["oks_sigmas"]))
+    unequal = {
+        (left, right)
+        for left, right in keypoint_set["keypoint_flip_map"]
+        if sigma[left] != sigma[right]
+    }
+    assert unequal == _UNEQUAL_SIGMA_PAIRS.get(name, set())
+
+
 def test_given_flip_pairs_and_sigmas_replace_the_files(tmp_path):
     names, limbs, _, _, _ = LAYOUTS["openpose_arms"]
     path = write_layout(tmp_path / "arms.json", "openpose_arms")

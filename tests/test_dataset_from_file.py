@@ -156,6 +156,20 @@ def test_a_sided_name_without_twin_is_refused(tmp_path):
         register_config_datasets(declare(tmp_path, {"arms": entry(path)}))
 
 
+@pytest.mark.parametrize("names", [["LHIP", "RHIP", "NOSE"], ["keypoint_0", "keypoint_1"]])
+def test_names_that_give_no_flip_pairs_need_flip_pairs(names, tmp_path):
+    path = tmp_path / "plain.json"
+    path.write_text(json.dumps(coco_keypoint_file(names, [], ["thing"])))
+    with pytest.raises(ValueError) as error:
+        register_config_datasets(declare(tmp_path, {"plain": entry(path)}))
+    message = str(error.value)
+    assert message.startswith("DATASETS.COCO_KEYPOINTS.plain: no flip pairs")
+    assert str(names) in message and "DATASETS.COCO_KEYPOINTS.plain.FLIP_PAIRS" in message
+    assert "plain" not in DatasetCatalog.list()
+    register_config_datasets(declare(tmp_path, {"plain": entry(path, FLIP_PAIRS=[])}))
+    assert MetadataCatalog.get("plain").keypoint_flip_map == ()
+
+
 def test_a_named_set_matches_the_files_other_spelling_or_names_what_differs(tmp_path, caplog):
     path = write_layout(tmp_path / "aic.json", "ai_challenger")
     cfg = declare(tmp_path, {"aic": entry(path, KEYPOINT_SET="ai_challenger")}, test=["aic"])

@@ -9,8 +9,8 @@ The keypoint set of a file (:func:`keypoint_set_from_categories`):
 * flip pairs: given ones, else the category's ``flip_pairs`` (1-based index pairs, as
   ``tools.convert_dataset`` writes them), else those of the known set the names are
   (:func:`~d2_edwpose.data.keypoint_sets.known_keypoint_set`), else inferred from the names
-  (:func:`~d2_edwpose.data.keypoint_names.infer_flip_map`). An inferred map that leaves a
-  sided name unpaired, or maps a limb of the skeleton onto no limb, is refused;
+  (:func:`~d2_edwpose.data.keypoint_names.infer_flip_map`). An inferred map that is empty,
+  leaves a sided name unpaired, or maps a limb of the skeleton onto no limb, is refused;
 * OKS sigmas: given ones, else the known set's, else :data:`DEFAULT_OKS_SIGMA` for every
   keypoint, with a warning.
 """
@@ -254,6 +254,14 @@ def keypoint_set_from_categories(
                 "L/R) but no keypoint is the mirror twin of each, so the flip pairs cannot be "
                 f"inferred from the names {list(names)}: give {keys['flip_pairs']} as [[left, "
                 "right], ...] ([] for none)"
+            )
+        if not found.pairs:
+            # Names such as LHIP or keypoint_3 hide their sides: an empty map would let a
+            # horizontal flip keep left keypoints labelled left.
+            raise ValueError(
+                f"{where}: no flip pairs are given and none can be inferred from the names "
+                f"{list(names)}: give {keys['flip_pairs']} as [[left, right], ...], or [] to "
+                "confirm that no two keypoints are mirror twins"
             )
         flip_map, flip_source, inferred = found.pairs, "inferred from the names", True
     asymmetric = asymmetric_limbs(limbs, flip_map)

@@ -265,8 +265,10 @@ def yolo_pose_to_coco(yaml_file, output_dir):
         categories.append(category)
     if flip_idx is None:
         logger.warning(
-            f"{yaml_file}: no flip_idx; the COCO files carry no flip pairs, which are then "
-            "inferred from the keypoint names"
+            f"{yaml_file}: no flip_idx, so the COCO files carry no flip pairs: add flip_idx "
+            "to the YAML file and convert again, or give the datasets' "
+            "DATASETS.COCO_KEYPOINTS.<name>.FLIP_PAIRS (pairs the names do not show are not "
+            "inferred)"
         )
     written = {}
     for split, images in dataset["splits"].items():

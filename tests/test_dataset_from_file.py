@@ -21,8 +21,9 @@ from d2_edwpose.data.catalog import num_keypoints
 from d2_edwpose.data.keypoint_names import keypoint_sides, name_words
 from d2_edwpose.data.keypoint_sets import DEFAULT_OKS_SIGMA
 from d2_edwpose.data.synthetic import generate_synthetic_keypoints
-from d2_edwpose.engine import Trainer, check_datasets
+from d2_edwpose.engine import Trainer, build_predictor, check_datasets
 from d2_edwpose.evaluation import KeypointCOCOEvaluator
+from d2_edwpose.tools.analyze_model import load_config
 
 from conftest import user_cfg, write_config
 from keypoint_layouts import LAYOUTS, coco_keypoint_file, write_layout
@@ -212,6 +213,17 @@ def test_num_keypoints_minus_one_needs_datasets_with_keypoints(tmp_path):
     cfg.MODEL.ROI_KEYPOINT_HEAD.CONV_TYPE = "vanilla"
     with pytest.raises(ValueError, match=r"NUM_KEYPOINTS=-1 is invalid: .* does not take -1"):
         validate_edwpose_config(cfg)
+
+
+def test_a_predictor_or_analysis_of_a_user_config_takes_its_keypoint_count(tmp_path):
+    path = write_layout(tmp_path / "mpii.json", "mpii")
+    config = write_config(tmp_path / "config.yaml", {"mine": entry(path)}, ["mine"], [])
+    predictor = build_predictor(user_cfg(config, "MODEL.DEVICE", "cpu"))
+    assert predictor.model.roi_heads.keypoint_head.num_keypoints == 16
+    DatasetCatalog.remove("mine")
+    MetadataCatalog.remove("mine")
+    assert load_config(config).DATASETS.TRAIN == ("mine",)
+    assert "mine" in DatasetCatalog.list()
 
 
 # ----------------------------------------------------------------------------- categories

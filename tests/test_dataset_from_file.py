@@ -17,7 +17,7 @@ from detectron2.structures import Boxes, Instances
 
 from d2_edwpose.config import validate_edwpose_config
 from d2_edwpose.data import KEYPOINT_SETS, register_config_datasets
-from d2_edwpose.data.catalog import num_keypoints
+from d2_edwpose.data.catalog import check_keypoint_datasets, num_keypoints
 from d2_edwpose.data.keypoint_names import keypoint_sides, name_words
 from d2_edwpose.data.keypoint_sets import DEFAULT_OKS_SIGMA
 from d2_edwpose.data.synthetic import generate_synthetic_keypoints
@@ -213,6 +213,19 @@ def test_num_keypoints_minus_one_needs_datasets_with_keypoints(tmp_path):
     cfg.MODEL.ROI_KEYPOINT_HEAD.CONV_TYPE = "vanilla"
     with pytest.raises(ValueError, match=r"NUM_KEYPOINTS=-1 is invalid: .* does not take -1"):
         validate_edwpose_config(cfg)
+
+
+def test_a_resolved_num_keypoints_is_named_as_resolved(tmp_path):
+    mpii = entry(write_layout(tmp_path / "mpii.json", "mpii"))
+    aic = entry(write_layout(tmp_path / "aic.json", "ai_challenger"))
+    cfg = declare(tmp_path, {"mpii": mpii, "aic": aic}, train=["mpii"], test=["aic"])
+    register_config_datasets(cfg)
+    with pytest.raises(ValueError) as error:
+        check_keypoint_datasets(cfg, ["mpii"], ["aic"])
+    assert str(error.value).startswith(
+        "MODEL.ROI_KEYPOINT_HEAD.NUM_KEYPOINTS=-1 resolved to 16 from dataset 'mpii' "
+        "(DATASETS.TRAIN) does not match dataset 'aic' (DATASETS.TEST), which has 14 keypoints"
+    )
 
 
 def test_a_predictor_or_analysis_of_a_user_config_takes_its_keypoint_count(tmp_path):

@@ -171,6 +171,19 @@ def test_names_that_give_no_flip_pairs_need_flip_pairs(names, tmp_path):
     assert MetadataCatalog.get("plain").keypoint_flip_map == ()
 
 
+@pytest.mark.parametrize("field", ["skeleton", "flip_pairs"])
+def test_an_index_0_is_refused_as_not_1_based(field, tmp_path):
+    coco = coco_keypoint_file(["nose", "left_eye", "right_eye"], [], ["face"])
+    coco["categories"][0][field] = [[0, 1], [1, 2]]
+    path = tmp_path / "face.json"
+    path.write_text(json.dumps(coco))
+    with pytest.raises(ValueError) as error:
+        register_config_datasets(declare(tmp_path, {"face": entry(path)}))
+    message = str(error.value)
+    assert f"category 'face': {field} entry [0, 1] has the index 0" in message
+    assert "1-based" in message
+
+
 def test_a_named_set_matches_the_files_other_spelling_or_names_what_differs(tmp_path, caplog):
     path = write_layout(tmp_path / "aic.json", "ai_challenger")
     cfg = declare(tmp_path, {"aic": entry(path, KEYPOINT_SET="ai_challenger")}, test=["aic"])

@@ -163,8 +163,9 @@ def name_pairs(pairs, keypoint_names, *, key):
 
 
 def _index_pairs(pairs, keypoint_names, *, field, where):
-    """COCO-style 1-based index ``pairs`` (a ``skeleton`` or ``flip_pairs``) as name pairs; a
-    0-based list (a 0 and no K) is read as such, with a warning."""
+    """COCO-style 1-based index ``pairs`` (a ``skeleton`` or ``flip_pairs``) as name pairs. An
+    index 0 is an error: a list that has one may be 0-based throughout, or 1-based with a
+    typo, and which it is cannot be told."""
     count = len(keypoint_names)
     if not isinstance(pairs, list) or not all(
         isinstance(p, (list, tuple))
@@ -173,18 +174,19 @@ def _index_pairs(pairs, keypoint_names, *, field, where):
         for p in pairs
     ):
         raise ValueError(f"{where}: {field} {pairs!r} is not a list of index pairs [i, j]")
-    indices = [i for pair in pairs for i in pair]
-    offset = 1
-    if indices and min(indices) == 0 and max(indices) < count:
-        logger.warning(f"{where}: {field} has an index 0: read as 0-based (COCO's are 1-based)")
-        offset = 0
     for pair in pairs:
-        if not all(offset <= i < count + offset for i in pair) or pair[0] == pair[1]:
+        if 0 in pair:
+            raise ValueError(
+                f"{where}: {field} entry {list(pair)} has the index 0: COCO's {field} indices "
+                f"are 1-based (1 is the first keypoint, {count} the last); write the list with "
+                "1-based indices"
+            )
+        if not all(1 <= i <= count for i in pair) or pair[0] == pair[1]:
             raise ValueError(
                 f"{where}: {field} entry {list(pair)} is not a pair of two different keypoint "
                 f"indices from 1 to {count}"
             )
-    return tuple((keypoint_names[a - offset], keypoint_names[b - offset]) for a, b in pairs)
+    return tuple((keypoint_names[a - 1], keypoint_names[b - 1]) for a, b in pairs)
 
 
 def keypoint_set_from_categories(

@@ -119,6 +119,38 @@ def test_given_flip_pairs_and_sigmas_replace_the_files(tmp_path):
     assert metadata.keypoint_oks_sigmas == sigmas
 
 
+def test_a_dataset_declared_again_with_another_keypoint_set_is_refused(tmp_path):
+    names, _, _, _, _ = LAYOUTS["openpose_arms"]
+    path = write_layout(tmp_path / "arms.json", "openpose_arms")
+    first = entry(path, FLIP_PAIRS=[["l_shoulder", "RShoulder"]])
+    register_config_datasets(declare(tmp_path, {"arms": first}))
+    register_config_datasets(declare(tmp_path, {"arms": first}))  # the same: nothing to do
+    changed = {
+        "FLIP_PAIRS": [],
+        "OKS_SIGMAS": [0.05] * len(names),
+    }
+    for field, value in changed.items():
+        with pytest.raises(ValueError, match="dataset 'arms' is already registered with other"):
+            register_config_datasets(declare(tmp_path, {"arms": {**first, field: value}}))
+    coco = json.loads(path.read_text())
+    coco["categories"][0]["keypoints"] = [f"{name}_x" for name in names]
+    path.write_text(json.dumps(coco))  # the file's keypoints changed
+    with pytest.raises(ValueError, match="dataset 'arms' is already registered with other"):
+        register_config_datasets(
+            declare(tmp_path, {"arms": entry(path, FLIP_PAIRS=[["l_shoulder_x", "RShoulder_x"]])})
+        )
+
+
+def test_a_dataset_whose_file_appears_is_registered_with_its_keypoints(tmp_path):
+    path = tmp_path / "later.json"
+    cfg = declare(tmp_path, {"later": entry(path)})
+    register_config_datasets(cfg)
+    assert MetadataCatalog.get("later").get("keypoint_names") is None
+    write_layout(path, "mpii")
+    register_config_datasets(cfg)
+    assert len(MetadataCatalog.get("later").keypoint_names) == 16
+
+
 def _cow_file(tmp_path, name="cow.json"):
     """Legs numbered around the body (L1 front left, L2 back left, R1 back right, R2 front
     right): the names pair L1 with R1, which are not mirror twins."""

@@ -58,8 +58,8 @@ def check_datasets(cfg, *, train):
     would otherwise fail or mislead later: the datasets are registered and their files exist,
     their keypoint sets match the config (:func:`check_keypoint_datasets`), and the test sets
     load, with ``NUM_CLASSES`` classes and ``NUM_KEYPOINTS`` keypoints per annotation
-    (:func:`~d2_edwpose.data.catalog.num_keypoints`: -1 is the datasets' number), so that an evaluation at the end of a schedule cannot fail on them. ``train``:
-    check ``DATASETS.TRAIN`` too (whose annotations the training loader checks as it loads
+    (:func:`~d2_edwpose.data.catalog.num_keypoints`: -1 is the datasets' number), so that an
+    evaluation at the end of a schedule cannot fail on them. ``train``: check ``DATASETS.TRAIN`` too (whose annotations the training loader checks as it loads
     them, before the first iteration)."""
     register_config_datasets(cfg)
     train_names = tuple(cfg.DATASETS.TRAIN) if train else ()
@@ -108,7 +108,9 @@ class PreciseBN(HookBase):
 
     def after_step(self):
         next_iter = self.trainer.iter + 1
-        if next_iter == self.trainer.max_iter or (self._period > 0 and next_iter % self._period == 0):
+        if next_iter == self.trainer.max_iter or (
+            self._period > 0 and next_iter % self._period == 0
+        ):
             self.update_stats()
 
     def update_stats(self):

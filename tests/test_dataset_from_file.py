@@ -345,6 +345,15 @@ def test_categories_kept_or_merged_load_and_evaluate_as_those_classes(
         assert _perfect_predictions(evaluator, wrong, len(names))["bbox"]["AP"] == pytest.approx(0)
 
 
+@pytest.mark.parametrize("keypoint_set", [{}, {"KEYPOINT_SET": "ap10k"}])
+def test_an_empty_category_list_is_refused(keypoint_set, tmp_path):
+    path = write_layout(tmp_path / "ap10k.json", "ap10k")
+    with pytest.raises(ValueError, match="must list at least one category"):
+        register_config_datasets(
+            declare(tmp_path, {"none": entry(path, CATEGORIES=[], **keypoint_set)})
+        )
+
+
 def test_a_multi_category_file_needs_num_classes_or_one_class(tmp_path):
     path = write_layout(tmp_path / "ap10k.json", "ap10k")
     cfg = declare(tmp_path, {"ap10k": entry(path)}, test=["ap10k"])

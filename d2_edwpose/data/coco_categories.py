@@ -87,7 +87,12 @@ class CategorySelection:
         else:
             names = [c["name"] for c in by_id]
             unknown = [name for name in selected if name not in names]
-            if unknown or not selected:
+            if not selected:
+                raise ValueError(
+                    f"{where}: the categories to keep must list at least one category of the "
+                    f"file's {names}"
+                )
+            if unknown:
                 raise ValueError(
                     f"{where}: the categories to keep, {list(selected)}, must be names of the "
                     f"file's categories {names}; unknown: {unknown}"

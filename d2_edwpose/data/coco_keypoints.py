@@ -142,7 +142,9 @@ def register_keypoint_dataset(
         or not categories
         or not all(isinstance(c, str) and c for c in categories)
     ):
-        raise ValueError(f"{where}: categories={categories!r} must be a list of category names")
+        raise ValueError(
+            f"{where}: categories={categories!r} must list at least one category name"
+        )
     if one_class is not None and not (isinstance(one_class, str) and one_class):
         raise ValueError(f"{where}: one_class={one_class!r} must be a class name")
     json_file, image_root = os.fspath(json_file), os.fspath(image_root)

@@ -294,7 +294,11 @@ def yolo_pose_to_coco(yaml_file, output_dir):
                     else:  # (0, 0) is not labelled
                         visibility = 2 if point[0] != 0 or point[1] != 0 else 0
                     keypoints += [round(x, 3), round(y, 3), visibility] if visibility else [0, 0, 0]
-                box = [(cx - w / 2) * width, (cy - h / 2) * height, w * width, h * height]
+                # Clipped to the image, as coco_to_yolo_pose clips; the centre is inside it,
+                # so the box keeps an area.
+                x0, y0 = max(cx - w / 2, 0) * width, max(cy - h / 2, 0) * height
+                x1, y1 = min(cx + w / 2, 1) * width, min(cy + h / 2, 1) * height
+                box = [x0, y0, x1 - x0, y1 - y0]
                 coco["annotations"].append(
                     {
                         "id": len(coco["annotations"]) + 1,

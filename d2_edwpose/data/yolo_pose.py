@@ -33,14 +33,13 @@ import yaml
 from PIL import Image
 
 from ..atomic_files import atomic_open
+from ..image_files import IMAGE_SUFFIXES, is_image_file
 from .coco_categories import keypoint_set_from_categories
 
-__all__ = ["IMAGE_SUFFIXES", "coco_to_yolo_pose", "read_yolo_pose_yaml", "yolo_pose_to_coco"]
+__all__ = ["coco_to_yolo_pose", "read_yolo_pose_yaml", "yolo_pose_to_coco"]
 
 logger = logging.getLogger(__name__)
 
-# Ultralytics' image formats (IMG_FORMATS) that PIL reads.
-IMAGE_SUFFIXES = {".bmp", ".jpeg", ".jpg", ".mpo", ".png", ".tif", ".tiff", ".webp"}
 _SPLITS = ("train", "val", "test")
 # EXIF orientations that turn an image by 90 degrees: its width and height swap when shown.
 _TRANSPOSING_ORIENTATIONS = {5, 6, 7, 8}
@@ -154,7 +153,7 @@ def _split_images(value, root, where):
     for entry in value if isinstance(value, list) else [value]:
         path = root / entry
         if path.is_dir():
-            images.extend(p for p in sorted(path.rglob("*")) if p.suffix.lower() in IMAGE_SUFFIXES)
+            images.extend(p for p in sorted(path.rglob("*")) if is_image_file(p))
         elif path.is_file() and path.suffix == ".txt":
             for line in path.read_text().splitlines():
                 line = line.strip()

@@ -117,7 +117,9 @@ class PreciseBN(HookBase):
 
     def after_step(self):
         next_iter = self.trainer.iter + 1
-        if next_iter == self.trainer.max_iter or (self._period > 0 and next_iter % self._period == 0):
+        if next_iter == self.trainer.max_iter or (
+            self._period > 0 and next_iter % self._period == 0
+        ):
             self.update_stats()
 
     def update_stats(self):
@@ -145,7 +147,9 @@ def build_predictor(cfg) -> DefaultPredictor:
     :class:`~d2_edwpose.checkpoint.AtomicValidatingCheckpointer`: a missing file, or a
     checkpoint of another architecture, is an error naming ``MODEL.WEIGHTS`` instead of a model
     that runs with the weights it could not load left random (``DefaultPredictor`` only logs
-    them)."""
+    them). The config's ``DATASETS.COCO_KEYPOINTS`` are registered first: ``NUM_KEYPOINTS``
+    -1 takes the number of keypoints of its datasets."""
+    register_config_datasets(cfg)
     validate_edwpose_config(cfg)
     from_scratch = cfg.clone()
     from_scratch.defrost()

@@ -21,9 +21,10 @@ from pathlib import Path
 import cv2
 
 from .atomic_files import atomic_open
+from .image_files import IMAGE_SUFFIXES, is_image_file
 from .deploy.onnx_pose_runner import INPUT_NAME, METADATA_KEY, OnnxPoseRunner
 
-__all__ = ["FLOAT_LAYERS", "IMAGE_SUFFIXES", "calibration_images", "quantize_int8"]
+__all__ = ["FLOAT_LAYERS", "calibration_images", "quantize_int8"]
 
 # Parts of the ONNX node names (the exporter names nodes by module path) of the layers that
 # stay in float32 (see the module docstring).
@@ -33,7 +34,6 @@ FLOAT_LAYERS = (
     "box_predictor/",
     "keypoint_head/score_lowres",
 )
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 
 
 def _is_depthwise(node):
@@ -55,10 +55,10 @@ def calibration_images(folder, max_images):
     folder = Path(folder)
     if not folder.is_dir():
         raise FileNotFoundError(f"--calibration {folder}: no such folder")
-    paths = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+    paths = sorted(p for p in folder.iterdir() if is_image_file(p))
     if not paths:
         raise FileNotFoundError(
-            f"--calibration {folder}: no image files ({', '.join(IMAGE_SUFFIXES)}) in it"
+            f"--calibration {folder}: no image files ({', '.join(sorted(IMAGE_SUFFIXES))}) in it"
         )
     return paths[:max_images]
 

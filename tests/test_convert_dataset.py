@@ -168,6 +168,18 @@ def test_two_values_per_keypoint_and_no_names(tmp_path):
     )  # fmt: skip
 
 
+def test_a_box_over_the_image_edge_is_clipped_to_the_image(tmp_path):
+    data_yaml, _ = write_yolo_dataset(tmp_path / "yolo")
+    label_file = tmp_path / "yolo/labels/train/a.txt"  # a.png: 64 x 48
+    label_file.write_text("0 0.95 0.1 0.3 0.4" + " 0.9 0.1 2" * len(KEYPOINTS) + "\n")
+    written, _ = convert_dataset.yolo_pose_to_coco(data_yaml, tmp_path / "coco")
+    coco = json.loads(written["train"].read_text())
+    (image,) = [i for i in coco["images"] if i["file_name"].endswith("a.png")]
+    (annotation,) = [a for a in coco["annotations"] if a["image_id"] == image["id"]]
+    assert annotation["bbox"] == pytest.approx([51.2, 0, 12.8, 14.4])
+    assert annotation["area"] == pytest.approx(12.8 * 14.4, abs=1e-3)
+
+
 @pytest.mark.parametrize(
     "line, message",
     [

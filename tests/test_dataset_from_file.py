@@ -18,12 +18,13 @@ from detectron2.structures import Boxes, Instances
 
 from d2_edwpose.config import validate_edwpose_config
 from d2_edwpose.data import KEYPOINT_SETS, register_config_datasets
-from d2_edwpose.data.catalog import num_keypoints
+from d2_edwpose.data.catalog import check_keypoint_datasets, num_keypoints
 from d2_edwpose.data.keypoint_names import keypoint_sides, name_words
 from d2_edwpose.data.keypoint_sets import DEFAULT_OKS_SIGMA
 from d2_edwpose.data.synthetic import generate_synthetic_keypoints
-from d2_edwpose.engine import Trainer, check_datasets
+from d2_edwpose.engine import Trainer, build_predictor, check_datasets
 from d2_edwpose.evaluation import KeypointCOCOEvaluator
+from d2_edwpose.tools.analyze_model import load_config
 
 from conftest import user_cfg, write_config
 from keypoint_layouts import LAYOUTS, coco_keypoint_file, write_images, write_layout
@@ -85,6 +86,31 @@ def test_the_keypoint_set_comes_from_the_file(layout, tmp_path, caplog):
     assert metadata.thing_classes == categories
 
 
+# The flip pairs whose sigmas the set's own source gives unequal: AI Challenger's are measured
+# per keypoint (keypoint_eval.py's deltas), and mmpose's Animal-Pose sigmas give the two ear
+# bases different values.
+_UNEQUAL_SIGMA_PAIRS = {
+    "ai_challenger": {
+        ("left_shoulder", "right_shoulder"), ("left_elbow", "right_elbow"),
+        ("left_wrist", "right_wrist"), ("left_hip", "right_hip"), ("left_knee", "right_knee"),
+        ("left_ankle", "right_ankle"),
+    },
+    "animal_pose": {("left_ear_base", "right_ear_base")},
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("name", sorted(KEYPOINT_SETS))
+def test_the_two_keypoints_of_a_flip_pair_have_one_sigma(name):
+    keypoint_set = KEYPOINT_SETS[name]
+    sigma = dict(zip(keypoint_set["keypoint_names"], keypoint_set["oks_sigmas"]))
+    unequal = {
+        (left, right)
+        for left, right in keypoint_set["keypoint_flip_map"]
+        if sigma[left] != sigma[right]
+    }
+    assert unequal == _UNEQUAL_SIGMA_PAIRS.get(name, set())
+
+
 def test_given_flip_pairs_and_sigmas_replace_the_files(tmp_path):
     names, limbs, _, _, _ = LAYOUTS["openpose_arms"]
     path = write_layout(tmp_path / "arms.json", "openpose_arms")
@@ -96,6 +122,38 @@ def test_given_flip_pairs_and_sigmas_replace_the_files(tmp_path):
     metadata = MetadataCatalog.get("arms")
     assert metadata.keypoint_flip_map == (("LShoulder", "RShoulder"),)  # any spelling of a name
     assert metadata.keypoint_oks_sigmas == sigmas
+
+
+def test_a_dataset_declared_again_with_another_keypoint_set_is_refused(tmp_path):
+    names, _, _, _, _ = LAYOUTS["openpose_arms"]
+    path = write_layout(tmp_path / "arms.json", "openpose_arms")
+    first = entry(path, FLIP_PAIRS=[["l_shoulder", "RShoulder"]])
+    register_config_datasets(declare(tmp_path, {"arms": first}))
+    register_config_datasets(declare(tmp_path, {"arms": first}))  # the same: nothing to do
+    changed = {
+        "FLIP_PAIRS": [],
+        "OKS_SIGMAS": [0.05] * len(names),
+    }
+    for field, value in changed.items():
+        with pytest.raises(ValueError, match="dataset 'arms' is already registered with other"):
+            register_config_datasets(declare(tmp_path, {"arms": {**first, field: value}}))
+    coco = json.loads(path.read_text())
+    coco["categories"][0]["keypoints"] = [f"{name}_x" for name in names]
+    path.write_text(json.dumps(coco))  # the file's keypoints changed
+    with pytest.raises(ValueError, match="dataset 'arms' is already registered with other"):
+        register_config_datasets(
+            declare(tmp_path, {"arms": entry(path, FLIP_PAIRS=[["l_shoulder_x", "RShoulder_x"]])})
+        )
+
+
+def test_a_dataset_whose_file_appears_is_registered_with_its_keypoints(tmp_path):
+    path = tmp_path / "later.json"
+    cfg = declare(tmp_path, {"later": entry(path)})
+    register_config_datasets(cfg)
+    assert MetadataCatalog.get("later").get("keypoint_names") is None
+    write_layout(path, "mpii")
+    register_config_datasets(cfg)
+    assert len(MetadataCatalog.get("later").keypoint_names) == 16
 
 
 def _cow_file(tmp_path, name="cow.json"):
@@ -134,6 +192,33 @@ def test_a_sided_name_without_twin_is_refused(tmp_path):
         ValueError, match=re.escape("the keypoints ['left_elbow', 'r_elbow'] name a side")
     ):
         register_config_datasets(declare(tmp_path, {"arms": entry(path)}))
+
+
+@pytest.mark.parametrize("names", [["LHIP", "RHIP", "NOSE"], ["keypoint_0", "keypoint_1"]])
+def test_names_that_give_no_flip_pairs_need_flip_pairs(names, tmp_path):
+    path = tmp_path / "plain.json"
+    path.write_text(json.dumps(coco_keypoint_file(names, [], ["thing"])))
+    with pytest.raises(ValueError) as error:
+        register_config_datasets(declare(tmp_path, {"plain": entry(path)}))
+    message = str(error.value)
+    assert message.startswith("DATASETS.COCO_KEYPOINTS.plain: no flip pairs")
+    assert str(names) in message and "DATASETS.COCO_KEYPOINTS.plain.FLIP_PAIRS" in message
+    assert "plain" not in DatasetCatalog.list()
+    register_config_datasets(declare(tmp_path, {"plain": entry(path, FLIP_PAIRS=[])}))
+    assert MetadataCatalog.get("plain").keypoint_flip_map == ()
+
+
+@pytest.mark.parametrize("field", ["skeleton", "flip_pairs"])
+def test_an_index_0_is_refused_as_not_1_based(field, tmp_path):
+    coco = coco_keypoint_file(["nose", "left_eye", "right_eye"], [], ["face"])
+    coco["categories"][0][field] = [[0, 1], [1, 2]]
+    path = tmp_path / "face.json"
+    path.write_text(json.dumps(coco))
+    with pytest.raises(ValueError) as error:
+        register_config_datasets(declare(tmp_path, {"face": entry(path)}))
+    message = str(error.value)
+    assert f"category 'face': {field} entry [0, 1] has the index 0" in message
+    assert "1-based" in message
 
 
 def test_a_named_set_matches_the_files_other_spelling_or_names_what_differs(tmp_path, caplog):
@@ -178,6 +263,30 @@ def test_num_keypoints_minus_one_needs_datasets_with_keypoints(tmp_path):
     cfg.MODEL.ROI_KEYPOINT_HEAD.CONV_TYPE = "vanilla"
     with pytest.raises(ValueError, match=r"NUM_KEYPOINTS=-1 is invalid: .* does not take -1"):
         validate_edwpose_config(cfg)
+
+
+def test_a_resolved_num_keypoints_is_named_as_resolved(tmp_path):
+    mpii = entry(write_layout(tmp_path / "mpii.json", "mpii"))
+    aic = entry(write_layout(tmp_path / "aic.json", "ai_challenger"))
+    cfg = declare(tmp_path, {"mpii": mpii, "aic": aic}, train=["mpii"], test=["aic"])
+    register_config_datasets(cfg)
+    with pytest.raises(ValueError) as error:
+        check_keypoint_datasets(cfg, ["mpii"], ["aic"])
+    assert str(error.value).startswith(
+        "MODEL.ROI_KEYPOINT_HEAD.NUM_KEYPOINTS=-1 resolved to 16 from dataset 'mpii' "
+        "(DATASETS.TRAIN) does not match dataset 'aic' (DATASETS.TEST), which has 14 keypoints"
+    )
+
+
+def test_a_predictor_or_analysis_of_a_user_config_takes_its_keypoint_count(tmp_path):
+    path = write_layout(tmp_path / "mpii.json", "mpii")
+    config = write_config(tmp_path / "config.yaml", {"mine": entry(path)}, ["mine"], [])
+    predictor = build_predictor(user_cfg(config, "MODEL.DEVICE", "cpu"))
+    assert predictor.model.roi_heads.keypoint_head.num_keypoints == 16
+    DatasetCatalog.remove("mine")
+    MetadataCatalog.remove("mine")
+    assert load_config(config).DATASETS.TRAIN == ("mine",)
+    assert "mine" in DatasetCatalog.list()
 
 
 # ----------------------------------------------------------------------------- categories
@@ -239,6 +348,15 @@ def test_categories_kept_or_merged_load_and_evaluate_as_those_classes(
             for annotation in record["annotations"]:
                 annotation["category_id"] = 1 - annotation["category_id"]
         assert _perfect_predictions(evaluator, wrong, len(names))["bbox"]["AP"] == pytest.approx(0)
+
+
+@pytest.mark.parametrize("keypoint_set", [{}, {"KEYPOINT_SET": "ap10k"}])
+def test_an_empty_category_list_is_refused(keypoint_set, tmp_path):
+    path = write_layout(tmp_path / "ap10k.json", "ap10k")
+    with pytest.raises(ValueError, match="must list at least one category"):
+        register_config_datasets(
+            declare(tmp_path, {"none": entry(path, CATEGORIES=[], **keypoint_set)})
+        )
 
 
 def test_a_multi_category_file_needs_num_classes_or_one_class(tmp_path):

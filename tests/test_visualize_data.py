@@ -41,12 +41,25 @@ def test_draws_the_annotations_with_sides_in_their_colours(people, tmp_path):
     written = visualize_data.main(
         ["--config-file", str(config), "--source", "annotation", "--output", str(tmp_path / "a")]
     )
-    assert [p.name for p in written] == ["000000.jpg", "000001.jpg"]
-    for path in written:  # at the image's own size
-        source = f"{people['people']['IMAGE_ROOT']}/{path.name}"
+    images = ["000000.jpg", "000001.jpg"]
+    assert [p.name for p in written] == [f"{i:04d}_people_{n}" for i, n in enumerate(images)]
+    for path, image in zip(written, images):  # at the image's own size
+        source = f"{people['people']['IMAGE_ROOT']}/{image}"
         assert Image.open(path).size == Image.open(source).size
         pixels = _side_pixels(path)
         assert pixels["left"] > 100 and pixels["right"] > 100, pixels
+
+
+def test_images_of_two_datasets_with_one_file_name_are_both_drawn(people, tmp_path):
+    config = write_config(
+        tmp_path / "twice.yaml", {**people, "again": people["people"]}, ["people", "again"], []
+    )
+    written = visualize_data.main(
+        ["--config-file", str(config), "--source", "annotation", "--output", str(tmp_path / "a"),
+         "--num-images", "4"]
+    )  # fmt: skip
+    assert len(written) == 4 and len(set(written)) == 4
+    assert all(path.is_file() for path in written)
 
 
 def test_draws_the_loaders_samples_at_the_models_input_size(people, tmp_path):

@@ -72,6 +72,12 @@ def num_keypoints(cfg):
     dataset of ``DATASETS.TRAIN`` + ``DATASETS.TEST`` registered with keypoint names (the
     others must agree: :func:`check_keypoint_datasets`). What the keypoint head is built with
     and what the checks compare the datasets to."""
+    return _num_keypoints_and_source(cfg)[0]
+
+
+def _num_keypoints_and_source(cfg):
+    """:func:`num_keypoints` and the name of the dataset it was taken from (None when
+    ``NUM_KEYPOINTS`` is a number)."""
     value = cfg.MODEL.ROI_KEYPOINT_HEAD.NUM_KEYPOINTS
     if value != NUM_KEYPOINTS_FROM_DATASETS:
         if not (isinstance(value, int) and value > 0):
@@ -80,7 +86,7 @@ def num_keypoints(cfg):
                 f"positive integer, or {NUM_KEYPOINTS_FROM_DATASETS} for the number of keypoints "
                 "of the config's datasets"
             )
-        return value
+        return value, None
     names = [*cfg.DATASETS.TRAIN, *cfg.DATASETS.TEST]
     for name in names:
         keypoint_names = (
@@ -96,7 +102,7 @@ def num_keypoints(cfg):
                 n=1,
                 key="message",
             )
-            return len(keypoint_names)
+            return len(keypoint_names), name
     raise ValueError(
         f"MODEL.ROI_KEYPOINT_HEAD.NUM_KEYPOINTS={NUM_KEYPOINTS_FROM_DATASETS} takes the number of "
         "keypoints from the config's datasets, but none of DATASETS.TRAIN + DATASETS.TEST "
@@ -129,7 +135,7 @@ def check_keypoint_datasets(cfg, train_names, test_names):
     are checked as the datasets load. Nothing to check without keypoints."""
     if not cfg.MODEL.KEYPOINT_ON:
         return
-    count = None
+    count = source = None
     first = None
     for name in dict.fromkeys([*train_names, *test_names]):
         key = "DATASETS.TRAIN" if name in train_names else "DATASETS.TEST"
@@ -143,10 +149,17 @@ def check_keypoint_datasets(cfg, train_names, test_names):
                 "and keypoint_flip_map)"
             )
         if count is None:
-            count = num_keypoints(cfg)
+            count, source = _num_keypoints_and_source(cfg)
+            setting = f"MODEL.ROI_KEYPOINT_HEAD.NUM_KEYPOINTS={count}"
+            if source is not None:
+                source_key = "DATASETS.TRAIN" if source in cfg.DATASETS.TRAIN else "DATASETS.TEST"
+                setting = (
+                    f"MODEL.ROI_KEYPOINT_HEAD.NUM_KEYPOINTS={NUM_KEYPOINTS_FROM_DATASETS} "
+                    f"resolved to {count} from dataset '{source}' ({source_key})"
+                )
         if len(names) != count:
             raise ValueError(
-                f"MODEL.ROI_KEYPOINT_HEAD.NUM_KEYPOINTS={count} does not match dataset "
+                f"{setting} does not match dataset "
                 f"'{name}' ({key}), which has {len(names)} keypoints ({list(names)}): set "
                 f"MODEL.ROI_KEYPOINT_HEAD.NUM_KEYPOINTS {len(names)} (or "
                 f"{NUM_KEYPOINTS_FROM_DATASETS}: the datasets' number)"

@@ -9,8 +9,8 @@ The keypoint set of a file (:func:`keypoint_set_from_categories`):
 * flip pairs: given ones, else the category's ``flip_pairs`` (1-based index pairs, as
   ``tools.convert_dataset`` writes them), else those of the known set the names are
   (:func:`~d2_edwpose.data.keypoint_sets.known_keypoint_set`), else inferred from the names
-  (:func:`~d2_edwpose.data.keypoint_names.infer_flip_map`). An inferred map that leaves a
-  sided name unpaired, or maps a limb of the skeleton onto no limb, is refused;
+  (:func:`~d2_edwpose.data.keypoint_names.infer_flip_map`). An inferred map that is empty,
+  leaves a sided name unpaired, or maps a limb of the skeleton onto no limb, is refused;
 * OKS sigmas: given ones, else the known set's, else :data:`DEFAULT_OKS_SIGMA` for every
   keypoint, with a warning.
 """
@@ -87,7 +87,12 @@ class CategorySelection:
         else:
             names = [c["name"] for c in by_id]
             unknown = [name for name in selected if name not in names]
-            if unknown or not selected:
+            if not selected:
+                raise ValueError(
+                    f"{where}: the categories to keep must list at least one category of the "
+                    f"file's {names}"
+                )
+            if unknown:
                 raise ValueError(
                     f"{where}: the categories to keep, {list(selected)}, must be names of the "
                     f"file's categories {names}; unknown: {unknown}"
@@ -163,8 +168,9 @@ def name_pairs(pairs, keypoint_names, *, key):
 
 
 def _index_pairs(pairs, keypoint_names, *, field, where):
-    """COCO-style 1-based index ``pairs`` (a ``skeleton`` or ``flip_pairs``) as name pairs; a
-    0-based list (a 0 and no K) is read as such, with a warning."""
+    """COCO-style 1-based index ``pairs`` (a ``skeleton`` or ``flip_pairs``) as name pairs. An
+    index 0 is an error: a list that has one may be 0-based throughout, or 1-based with a
+    typo, and which it is cannot be told."""
     count = len(keypoint_names)
     if not isinstance(pairs, list) or not all(
         isinstance(p, (list, tuple))
@@ -173,18 +179,19 @@ def _index_pairs(pairs, keypoint_names, *, field, where):
         for p in pairs
     ):
         raise ValueError(f"{where}: {field} {pairs!r} is not a list of index pairs [i, j]")
-    indices = [i for pair in pairs for i in pair]
-    offset = 1
-    if indices and min(indices) == 0 and max(indices) < count:
-        logger.warning(f"{where}: {field} has an index 0: read as 0-based (COCO's are 1-based)")
-        offset = 0
     for pair in pairs:
-        if not all(offset <= i < count + offset for i in pair) or pair[0] == pair[1]:
+        if 0 in pair:
+            raise ValueError(
+                f"{where}: {field} entry {list(pair)} has the index 0: COCO's {field} indices "
+                f"are 1-based (1 is the first keypoint, {count} the last); write the list with "
+                "1-based indices"
+            )
+        if not all(1 <= i <= count for i in pair) or pair[0] == pair[1]:
             raise ValueError(
                 f"{where}: {field} entry {list(pair)} is not a pair of two different keypoint "
                 f"indices from 1 to {count}"
             )
-    return tuple((keypoint_names[a - offset], keypoint_names[b - offset]) for a, b in pairs)
+    return tuple((keypoint_names[a - 1], keypoint_names[b - 1]) for a, b in pairs)
 
 
 def keypoint_set_from_categories(
@@ -254,6 +261,14 @@ def keypoint_set_from_categories(
                 "L/R) but no keypoint is the mirror twin of each, so the flip pairs cannot be "
                 f"inferred from the names {list(names)}: give {keys['flip_pairs']} as [[left, "
                 "right], ...] ([] for none)"
+            )
+        if not found.pairs:
+            # Names such as LHIP or keypoint_3 hide their sides: an empty map would let a
+            # horizontal flip keep left keypoints labelled left.
+            raise ValueError(
+                f"{where}: no flip pairs are given and none can be inferred from the names "
+                f"{list(names)}: give {keys['flip_pairs']} as [[left, right], ...], or [] to "
+                "confirm that no two keypoints are mirror twins"
             )
         flip_map, flip_source, inferred = found.pairs, "inferred from the names", True
     asymmetric = asymmetric_limbs(limbs, flip_map)

@@ -67,6 +67,8 @@ _ANNOTATION_FIELDS = ("id", "image_id", "category_id", "bbox", "keypoints")
 # categories: a file is checked, and its missing fields reported, once, however often the
 # dataset is loaded.
 _checked_files = {}
+# (file, modification time, size) -> the categories of the files declared in this process.
+_read_categories = {}
 
 
 def _is_positive_int(value):
@@ -140,7 +142,9 @@ def register_keypoint_dataset(
         or not categories
         or not all(isinstance(c, str) and c for c in categories)
     ):
-        raise ValueError(f"{where}: categories={categories!r} must be a list of category names")
+        raise ValueError(
+            f"{where}: categories={categories!r} must list at least one category name"
+        )
     if one_class is not None and not (isinstance(one_class, str) and one_class):
         raise ValueError(f"{where}: one_class={one_class!r} must be a class name")
     json_file, image_root = os.fspath(json_file), os.fspath(image_root)
@@ -397,6 +401,17 @@ def _register_without_keypoints(name, json_file, image_root):
     )
 
 
+def _registered_without_keypoints(name, json_file, image_root):
+    """Whether ``name`` is the registration of :func:`_register_without_keypoints` of these
+    files."""
+    metadata = MetadataCatalog.get(name)
+    return (
+        metadata.get("keypoint_names") is None
+        and metadata.get("json_file") == json_file
+        and metadata.get("image_root") == image_root
+    )
+
+
 def register_config_datasets(cfg):
     """Register the datasets that ``cfg.DATASETS.COCO_KEYPOINTS`` declares, each with
     :func:`register_keypoint_dataset`, so that ``train_net.py``, the demo, the export tool and
@@ -436,16 +451,17 @@ def register_config_datasets(cfg):
                 f"default), one of {sorted(KEYPOINT_SETS)} or a .json file"
             )
         options = dict(categories=entry.get("CATEGORIES"), one_class=entry.get("ONE_CLASS"))
-        if name in DatasetCatalog.list():
-            _check_registered_again(name, key, entry, keypoint_set, options)
-            continue
+        registered = name in DatasetCatalog.list()
         if keypoint_set == FROM_FILE and not os.path.isfile(json_file):
-            _register_without_keypoints(name, json_file, image_root)
+            if registered:
+                _check_registered_again(name, key, entry, options, None)
+            else:
+                _register_without_keypoints(name, json_file, image_root)
             continue
         flip_pairs, oks_sigmas = entry.get("FLIP_PAIRS"), entry.get("OKS_SIGMAS")
-        categories = None
+        categories = summary = None
         if keypoint_set == FROM_FILE:
-            categories = read_categories(json_file, where=key)
+            categories = _read_categories_once(json_file, where=key)
             arguments, summary = keypoint_set_from_categories(
                 categories,
                 selected=options["categories"],
@@ -454,7 +470,6 @@ def register_config_datasets(cfg):
                 where=key,
                 keys={"flip_pairs": f"{key}.FLIP_PAIRS", "oks_sigmas": f"{key}.OKS_SIGMAS"},
             )
-            logger.info(f"Dataset '{name}' ({json_file}): {summary}")
         else:
             arguments = dict(read_keypoint_set(keypoint_set, keypoint_set_key))
             if flip_pairs is not None:
@@ -463,6 +478,14 @@ def register_config_datasets(cfg):
                 )
             if oks_sigmas is not None:
                 arguments["oks_sigmas"] = oks_sigmas
+        if registered and _registered_without_keypoints(name, json_file, image_root):
+            DatasetCatalog.remove(name)  # its file exists now
+            MetadataCatalog.remove(name)
+        elif registered:
+            _check_registered_again(name, key, entry, options, arguments)
+            continue
+        if summary is not None:
+            logger.info(f"Dataset '{name}' ({json_file}): {summary}")
         try:
             register_keypoint_dataset(name, json_file, image_root, **arguments, **options)
         except ValueError as e:
@@ -476,9 +499,20 @@ def register_config_datasets(cfg):
             )
 
 
-def _check_registered_again(name, key, entry, keypoint_set, options):
+def _read_categories_once(json_file, *, where):
+    """:func:`~.coco_categories.read_categories`, parsing an unchanged file once per process
+    however often its declaration is registered."""
+    stat = os.stat(json_file)
+    read = (os.path.abspath(json_file), stat.st_mtime_ns, stat.st_size)
+    if read not in _read_categories:
+        _read_categories[read] = read_categories(json_file, where=where)
+    return _read_categories[read]
+
+
+def _check_registered_again(name, key, entry, options, arguments):
     """Raise ValueError unless the dataset ``name``, registered before, was registered from
-    the same declaration (files, named keypoint set, categories)."""
+    the same declaration: files, categories, and the keypoint set it resolves to now
+    (``arguments``: names, flip pairs, OKS sigmas; None for a file that does not exist)."""
     metadata = MetadataCatalog.get(name)
     registered = [metadata.get(k) for k in ("json_file", "image_root")]
     same = registered == [entry["JSON_FILE"], entry["IMAGE_ROOT"]]
@@ -486,11 +520,15 @@ def _check_registered_again(name, key, entry, keypoint_set, options):
         tuple(options["categories"]) if options["categories"] is not None else None
     )
     same &= metadata.get("one_class") == options["one_class"]
-    if keypoint_set != FROM_FILE:
-        names = read_keypoint_set(keypoint_set, f"{key}.KEYPOINT_SET")["keypoint_names"]
-        same &= list(metadata.get("keypoint_names", ())) == list(names)
+    if arguments is not None:
+        same &= metadata.get("keypoint_names") == tuple(arguments["keypoint_names"])
+        same &= metadata.get("keypoint_flip_map") == tuple(
+            tuple(pair) for pair in arguments["keypoint_flip_map"]
+        )
+        same &= metadata.get("keypoint_oks_sigmas") == [float(s) for s in arguments["oks_sigmas"]]
     if not same:
         raise ValueError(
-            f"{key}: dataset '{name}' is already registered with other files, keypoints or "
-            f"categories (json_file={registered[0]!r}): give the config's dataset another name"
+            f"{key}: dataset '{name}' is already registered with other files, keypoints, flip "
+            f"pairs, OKS sigmas or categories (json_file={registered[0]!r}): give the config's "
+            "dataset another name"
         )

@@ -138,7 +138,8 @@ MPII_KEYPOINTS = _keypoint_set(
         0.179, 0.179, 0.072, 0.062,
     ),
 )  # fmt: skip
-# AP-10K's 17 animal keypoints (54 species); sigmas as mmpose adapted them from COCO's.
+# AP-10K's 17 animal keypoints (54 species); sigmas as mmpose adapted them from COCO's, in
+# AP-10K's keypoint order.
 AP10K_KEYPOINTS = _keypoint_set(
     (
         "left_eye", "right_eye", "nose", "neck", "root_of_tail", "left_shoulder", "left_elbow",
@@ -155,8 +156,8 @@ AP10K_KEYPOINTS = _keypoint_set(
         ("right_knee", "right_back_paw"),
     ),
     (
-        0.025, 0.025, 0.026, 0.035, 0.035, 0.079, 0.079, 0.072, 0.072, 0.062, 0.062, 0.107,
-        0.107, 0.087, 0.087, 0.089, 0.089,
+        0.025, 0.025, 0.026, 0.035, 0.035, 0.079, 0.072, 0.062, 0.079, 0.072, 0.062, 0.107,
+        0.087, 0.089, 0.107, 0.087, 0.089,
     ),
 )  # fmt: skip
 # Animal-Pose's 20 keypoints (cats, dogs, horses, sheep, cows); sigmas as mmpose adapted them.

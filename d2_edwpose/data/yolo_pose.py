@@ -33,14 +33,13 @@ import yaml
 from PIL import Image
 
 from ..atomic_files import atomic_open
+from ..image_files import IMAGE_SUFFIXES, is_image_file
 from .coco_categories import keypoint_set_from_categories
 
-__all__ = ["IMAGE_SUFFIXES", "coco_to_yolo_pose", "read_yolo_pose_yaml", "yolo_pose_to_coco"]
+__all__ = ["coco_to_yolo_pose", "read_yolo_pose_yaml", "yolo_pose_to_coco"]
 
 logger = logging.getLogger(__name__)
 
-# Ultralytics' image formats (IMG_FORMATS) that PIL reads.
-IMAGE_SUFFIXES = {".bmp", ".jpeg", ".jpg", ".mpo", ".png", ".tif", ".tiff", ".webp"}
 _SPLITS = ("train", "val", "test")
 # EXIF orientations that turn an image by 90 degrees: its width and height swap when shown.
 _TRANSPOSING_ORIENTATIONS = {5, 6, 7, 8}
@@ -154,7 +153,7 @@ def _split_images(value, root, where):
     for entry in value if isinstance(value, list) else [value]:
         path = root / entry
         if path.is_dir():
-            images.extend(p for p in sorted(path.rglob("*")) if p.suffix.lower() in IMAGE_SUFFIXES)
+            images.extend(p for p in sorted(path.rglob("*")) if is_image_file(p))
         elif path.is_file() and path.suffix == ".txt":
             for line in path.read_text().splitlines():
                 line = line.strip()
@@ -265,8 +264,10 @@ def yolo_pose_to_coco(yaml_file, output_dir):
         categories.append(category)
     if flip_idx is None:
         logger.warning(
-            f"{yaml_file}: no flip_idx; the COCO files carry no flip pairs, which are then "
-            "inferred from the keypoint names"
+            f"{yaml_file}: no flip_idx, so the COCO files carry no flip pairs: add flip_idx "
+            "to the YAML file and convert again, or give the datasets' "
+            "DATASETS.COCO_KEYPOINTS.<name>.FLIP_PAIRS (pairs the names do not show are not "
+            "inferred)"
         )
     written = {}
     for split, images in dataset["splits"].items():
@@ -292,7 +293,11 @@ def yolo_pose_to_coco(yaml_file, output_dir):
                     else:  # (0, 0) is not labelled
                         visibility = 2 if point[0] != 0 or point[1] != 0 else 0
                     keypoints += [round(x, 3), round(y, 3), visibility] if visibility else [0, 0, 0]
-                box = [(cx - w / 2) * width, (cy - h / 2) * height, w * width, h * height]
+                # Clipped to the image, as coco_to_yolo_pose clips; the centre is inside it,
+                # so the box keeps an area.
+                x0, y0 = max(cx - w / 2, 0) * width, max(cy - h / 2, 0) * height
+                x1, y1 = min(cx + w / 2, 1) * width, min(cy + h / 2, 1) * height
+                box = [x0, y0, x1 - x0, y1 - y0]
                 coco["annotations"].append(
                     {
                         "id": len(coco["annotations"]) + 1,

@@ -24,6 +24,7 @@ from detectron2.modeling import build_model
 
 from d2_edwpose import add_edwpose_config
 from d2_edwpose.config import validate_edwpose_config
+from d2_edwpose.data import register_config_datasets
 from d2_edwpose.model_zoo import CONFIG_DIR
 
 PAPER_CONFIGS = [CONFIG_DIR / f"keypoint_rcnn_mv3_fpn_320_{t}.yaml" for t in ("vanilla", "dw", "edw")]
@@ -38,6 +39,7 @@ def load_config(config_file, fixed_size=(320, 320)):
     cfg.MODEL.DEVICE = "cpu"
     cfg.MODEL.WEIGHTS = ""
     cfg.INPUT.FIXED_SIZE = fixed_size
+    register_config_datasets(cfg)  # NUM_KEYPOINTS -1 takes its datasets' number
     validate_edwpose_config(cfg)
     return cfg
 

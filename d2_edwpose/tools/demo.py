@@ -26,9 +26,9 @@ from d2_edwpose.atomic_files import atomic_path
 from d2_edwpose.data import register_config_datasets
 from d2_edwpose.data.catalog import num_keypoints
 from d2_edwpose.engine import build_predictor
+from d2_edwpose.image_files import IMAGE_SUFFIXES, is_image_file
 from d2_edwpose.modeling.cpu_inference import optimize_for_inference
 
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"}
 VIDEO_SUFFIXES = {".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v"}
 logger = logging.getLogger("d2_edwpose.demo")
 
@@ -73,12 +73,12 @@ def collect_inputs(inputs):
     for name in inputs:
         path = Path(name)
         if path.is_dir():
-            images.extend(sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES))
+            images.extend(sorted(p for p in path.iterdir() if is_image_file(p)))
         elif not path.is_file():
             raise FileNotFoundError(f"--input {name}: no such file or folder")
         elif path.suffix.lower() in VIDEO_SUFFIXES:
             videos.append(path)
-        elif path.suffix.lower() in IMAGE_SUFFIXES:
+        elif is_image_file(path):
             images.append(path)
         else:
             raise ValueError(

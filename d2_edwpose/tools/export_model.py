@@ -44,7 +44,8 @@ from d2_edwpose.export import (
     load_torchscript,
 )
 from d2_edwpose.quantization import calibration_images, quantize_int8
-from d2_edwpose.tools.demo import IMAGE_SUFFIXES, keypoint_metadata
+from d2_edwpose.image_files import IMAGE_SUFFIXES, is_image_file
+from d2_edwpose.tools.demo import keypoint_metadata
 
 __all__ = ["main"]
 
@@ -75,7 +76,7 @@ def _read_images(paths):
     files = []
     for path in map(Path, paths):
         if path.is_dir():
-            files.extend(sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES))
+            files.extend(sorted(p for p in path.iterdir() if is_image_file(p)))
         elif path.is_file():
             files.append(path)
         else:

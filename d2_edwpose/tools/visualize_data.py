@@ -9,8 +9,8 @@ the model resizes it), with the dataset's skeleton, left and right in different 
 detectron2's ``tools/visualize_data.py``, with the keypoints coloured by side: green left,
 orange right, blue centre (limbs likewise, by their ends). After a flip, a correct flip map
 keeps every person's left side green; a wrong one shows their left limbs in the right colour.
-The images go to ``--output`` (the annotations under their file names, the loader's samples
-numbered in the order it yields them).
+The images go to ``--output``, numbered in the order they are drawn: the annotations as
+``NNNN_<dataset>_<image file name>``, the loader's samples as ``NNNN_<image stem>.png``.
 """
 import argparse
 import logging
@@ -97,7 +97,11 @@ def draw_annotations(dataset_names, output_dir, num_images):
             image = utils.read_image(record["file_name"], "RGB")
             visualizer = SidedKeypointVisualizer(image, metadata)
             visualizer.draw_dataset_dict(record)
-            path = Path(output_dir) / os.path.basename(record["file_name"])
+            # Numbered, and named by the dataset: images of several folders or datasets may
+            # share a file name.
+            path = Path(output_dir) / (
+                f"{len(written):04d}_{name}_{os.path.basename(record['file_name'])}"
+            )
             _write(visualizer.draw_legend(), path)
             written.append(path)
             if num_images is not None and len(written) >= num_images:

@@ -299,7 +299,11 @@ def sample_walkers(rng, width, height, num_people, num_frames):
     walkers = []
     for index, fraction in enumerate(fractions):
         direction = 1 if index % 2 == 0 else -1
-        start, end = rng.uniform(0.02, 0.2), rng.uniform(0.8, 0.98)
+        # Walkers of one direction start a lane apart, so that they cross the others rather
+        # than walk behind each other all along.
+        lane = 0.22 * (index // 2)
+        start = rng.uniform(0.02, 0.08) + lane
+        end = min(start + rng.uniform(0.6, 0.75), 0.98)
         if direction < 0:
             start, end = 1 - start, 1 - end
         walkers.append(

@@ -145,7 +145,10 @@ def generate_synthetic_clip(
 
     The ground truth is ``{"info": {...the arguments...}, "keypoint_names": [...],
     "frames": [{"index": i, "people": [{"track_id", "bbox" (x, y, w, h), "keypoints"
-    (x, y, v per keypoint, COCO's convention), "area"}]}]}``, in the pixels of the frame.
+    (x, y, v per keypoint, COCO's convention), "area", "visibility"}]}]}``, in the pixels of
+    the frame; ``visibility`` is the share of the person's labelled keypoints that are visible
+    (not hidden by someone in front), for evaluations that, as MOTChallenge's, leave out people
+    hidden for the most part.
     Deterministic in its arguments; a clip already written with the same ones is kept.
     """
     from pathlib import Path
@@ -188,7 +191,11 @@ def generate_synthetic_clip(
             dict(
                 index=index,
                 people=[
-                    {key: a[key] for key in ("track_id", "bbox", "keypoints", "area")}
+                    dict(
+                        {key: a[key] for key in ("track_id", "bbox", "keypoints", "area")},
+                        visibility=sum(v == 2 for v in a["keypoints"][2::3])
+                        / max(sum(v > 0 for v in a["keypoints"][2::3]), 1),
+                    )
                     for a in annotations
                 ],
             )

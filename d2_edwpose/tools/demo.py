@@ -25,7 +25,7 @@ from detectron2.utils.visualizer import ColorMode, Visualizer
 from d2_edwpose import add_edwpose_config
 from d2_edwpose.atomic_files import atomic_path
 from d2_edwpose.data import register_config_datasets
-from d2_edwpose.deploy.drawing import draw_poses, skeleton_edges
+from d2_edwpose.deploy import drawing
 from d2_edwpose.deploy.tracking import PoseTracker
 from d2_edwpose.engine import build_predictor
 from d2_edwpose.modeling.cpu_inference import optimize_for_inference
@@ -145,7 +145,7 @@ def run_on_video(predictor, metadata, path, output):
     width = int(video.get(cv2.CAP_PROP_FRAME_WIDTH))
     height = int(video.get(cv2.CAP_PROP_FRAME_HEIGHT))
     tracker = PoseTracker(frame_rate=fps)
-    edges = skeleton_edges(metadata.keypoint_names, metadata.get("keypoint_connection_rules"))
+    edges = drawing.skeleton_edges(metadata.keypoint_names, metadata.get("keypoint_connection_rules"))
     frames, model_time = 0, 0.0
     with atomic_path(output) as partial:
         fourcc = cv2.VideoWriter_fourcc(*"mp4v")
@@ -168,7 +168,7 @@ def run_on_video(predictor, metadata, path, output):
                     },
                     timestamp=frames / fps,
                 )
-                writer.write(draw_poses(frame, poses, edges, f"{frames / model_time:.1f} FPS"))
+                writer.write(drawing.draw_poses(frame, poses, edges, f"{frames / model_time:.1f} FPS"))
                 frames += 1
         finally:
             video.release()

@@ -5,6 +5,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -21,7 +22,7 @@ from d2_edwpose.deploy import OnnxPoseRunner
 from d2_edwpose.deploy.__main__ import main as runner_main
 from d2_edwpose.deploy.drawing import draw_poses, skeleton_edges
 from d2_edwpose.deploy.sources import SourceError, open_source
-from d2_edwpose.deploy.streaming import pose_record, read_json_lines
+from d2_edwpose.deploy.streaming import _END, _NewestFrame, pose_record, read_json_lines
 from d2_edwpose.deploy.tracking import OneEuroFilter, PoseTracker
 from d2_edwpose.export import export_onnx
 from d2_edwpose.tools.evaluate_tracking import track_metrics
@@ -115,6 +116,18 @@ def test_every_source_kind_gives_the_image_apis_poses(runner, crossing, syntheti
         np.testing.assert_array_equal(frame.image, decoded[frame.index])
         _assert_same_poses(frame.poses, runner(frame.image))
         assert frame.timestamp == pytest.approx(frame.index / 30.0)
+
+
+def test_live_source_keeps_its_last_frame_before_the_end():
+    """A live source's end arriving before the graph took the last frame: that frame is
+    still processed, newer frames still replace older ones, and the end stays the end."""
+    stop = threading.Event()
+    newest = _NewestFrame()
+    for item in ("frame 0", "frame 1", _END):
+        newest.put(item, stop)
+    assert newest.take(stop) == ("frame 1", 1)
+    assert newest.take(stop) == (_END, 1)
+    assert newest.take(stop) == (_END, 1)
 
 
 def test_ids_persist_through_crossings_and_occlusions(crossing):

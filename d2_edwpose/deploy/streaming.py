@@ -76,30 +76,36 @@ def _put(channel, item, stop):
 
 class _NewestFrame:
     """The newest frame of a live source: a new frame replaces one not taken yet, which is
-    counted as dropped."""
+    counted as dropped. The end (or a failure) of the source is kept apart, so that it never
+    replaces the last frame: it is taken after it."""
 
     def __init__(self):
         self._condition = threading.Condition()
         self._frame = None
-        self._ended = False
+        self._end = None
         self.dropped = 0
 
     def put(self, item, stop):
         with self._condition:
-            if self._frame is not None:
-                self.dropped += 1
-            self._frame = item
+            if item is _END or isinstance(item, _Failure):
+                self._end = item
+            else:
+                if self._frame is not None:
+                    self.dropped += 1
+                self._frame = item
             self._condition.notify()
         return True
 
     def take(self, stop):
-        """The newest frame (_END after the last), and the frames dropped so far."""
+        """The newest frame (the end, for good, once the last frame was taken), and the
+        frames dropped so far; None once the stream is stopped."""
         with self._condition:
-            while self._frame is None and not stop.is_set():
+            while self._frame is None and self._end is None and not stop.is_set():
                 self._condition.wait(_POLL)
-            item, self._frame = self._frame, None
-            if item is _END:
-                self._frame = _END  # stays the end
+            if self._frame is not None:
+                item, self._frame = self._frame, None
+            else:
+                item = self._end
             return item, self.dropped
 
 

@@ -13,11 +13,17 @@ import math
 
 import numpy as np
 
-__all__ = ["TRACKERS", "OneEuroFilter", "PoseTracker"]
+__all__ = ["TRACKERS", "TRACKER_OPTIONS", "OneEuroFilter", "PoseTracker"]
 
 # trackers' classes by name; "bytetrack" is the default (docs/video.md has the comparison).
 TRACKERS = {"bytetrack": "ByteTrackTracker", "ocsort": "OCSORTTracker", "sort": "SORTTracker"}
 TRACKERS_REQUIREMENT = "trackers==2.6.1"
+# ByteTrack's thresholds for the runner's detections (all above the export's score threshold):
+# a track starts only from a near-certain person, so that the extra boxes the model finds
+# while people overlap do not start tracks, and lower-scored boxes still continue tracks
+# through ByteTrack's second association. Chosen on synthetic clips other than those
+# reported (docs/video.md).
+TRACKER_OPTIONS = {"bytetrack": {"high_conf_det_threshold": 0.7, "track_activation_threshold": 0.95}}
 
 
 def _import_trackers():
@@ -83,21 +89,25 @@ class PoseTracker:
         frame_rate: the video's frames per second (how long a lost person is remembered
             scales with it; frames without a timestamp are this far apart).
         lost_seconds: how long a person who is not detected keeps their id.
+        options: keyword arguments of the ``trackers`` class, over :data:`TRACKER_OPTIONS`
+            (e.g. other thresholds for a model whose scores are calibrated otherwise).
         smoothing: None, or a dict of :class:`OneEuroFilter` arguments (``{}`` for its
             defaults) to smooth each tracked person's keypoints.
     """
 
-    def __init__(self, tracker="bytetrack", frame_rate=30.0, lost_seconds=1.0, smoothing=None):
+    def __init__(self, tracker="bytetrack", frame_rate=30.0, lost_seconds=1.0, options=None, smoothing=None):
         if tracker not in TRACKERS:
             raise ValueError(f"tracker={tracker!r}: expected one of {sorted(TRACKERS)}")
         trackers, self._supervision = _import_trackers()
         self.frame_rate = float(frame_rate or 30.0)
         # trackers counts the buffer in frames at 30 FPS and scales it by frame_rate.
-        self._tracker = getattr(trackers, TRACKERS[tracker])(
-            lost_track_buffer=max(1, round(30 * lost_seconds)),
-            frame_rate=self.frame_rate,
-            minimum_consecutive_frames=1,
-        )
+        options = {"minimum_consecutive_frames": 1, **TRACKER_OPTIONS.get(tracker, {}), **(options or {})}
+        try:
+            self._tracker = getattr(trackers, TRACKERS[tracker])(
+                lost_track_buffer=max(1, round(30 * lost_seconds)), frame_rate=self.frame_rate, **options
+            )
+        except TypeError as e:
+            raise ValueError(f"PoseTracker({tracker!r}, options={options}): {e}") from e
         self.name = tracker
         self.lost_seconds = lost_seconds
         self._smoothing = None if smoothing is None else dict(smoothing)

@@ -1,10 +1,11 @@
 """Tracking quality on synthetic clips of people crossing each other, with ground truth.
 
     python -m d2_edwpose.tools.evaluate_tracking --model output/export/model.onnx \
-        [--clips 8] [--frames 90] [--size 640 360] [--people 3] [--output output/tracking]
+        [--clips 8] [--first-seed 0] [--frames 90] [--size 640 360] [--people 3]
+        [--output output/tracking] [--score-threshold S] [--bytetrack-options KEY=VALUE ...]
 
-Writes the clips (``d2_edwpose.data.synthetic.generate_synthetic_clip``, seeds 0..N-1) under
-``--output``, runs the exported model on every frame once (the runner, as
+Writes the clips (``d2_edwpose.data.synthetic.generate_synthetic_clip``, seeds from
+``--first-seed`` on) under ``--output``, runs the exported model on every frame once (the runner, as
 ``python -m pose_runner`` does) and then each tracker on the same detections, so that the
 trackers are compared on equal input. Prints, per tracker, CLEAR's MOTA and id switches and
 the identity F1 (IDF1) over all clips, computed with the TrackEval ports of Roboflow's
@@ -93,12 +94,14 @@ def _norfair_tracker(kind, frame_height):
     return update
 
 
-def _trackers(names, frame_rate, frame_height, smoothing=None):
-    """{name: update(poses, timestamp) -> poses with track_ids} of fresh trackers."""
+def _trackers(names, frame_rate, frame_height, smoothing=None, options=None):
+    """{name: update(poses, timestamp) -> poses with track_ids} of fresh trackers;
+    ``options``: {name: PoseTracker options}."""
     made = {}
     for name in names:
         if name in TRACKERS:
-            made[name] = PoseTracker(name, frame_rate=frame_rate, smoothing=smoothing).update
+            tracker_options = (options or {}).get(name)
+            made[name] = PoseTracker(name, frame_rate=frame_rate, options=tracker_options, smoothing=smoothing).update
         else:
             kind = name.split("-", 1)[1]
             update = _norfair_tracker(kind, frame_height)
@@ -161,8 +164,9 @@ def smoothing_effect(truth_frames, tracked_frames):
     return float(np.sqrt(np.mean(second**2))), float(np.mean(distances))
 
 
-def evaluate(runner, clips, tracker_names, smoothing=None, score_threshold=None):
-    """Metrics of each tracker over ``clips`` [(video, ground truth file)]: {name: {...}}."""
+def evaluate(runner, clips, tracker_names, smoothing=None, score_threshold=None, options=None):
+    """Metrics of each tracker over ``clips`` [(video, ground truth file)]: {name: {...}};
+    ``options``: {tracker name: PoseTracker options}."""
     totals = {}
     smooth = {"without": [], "with": []}
     for video, truth_path in clips:
@@ -172,7 +176,7 @@ def evaluate(runner, clips, tracker_names, smoothing=None, score_threshold=None)
         if len(detections) != len(frames):
             raise RuntimeError(f"{video}: {len(detections)} frames read, the ground truth has {len(frames)}")
         info = truth["info"]
-        for name, update in _trackers(tracker_names, info["frame_rate"], info["height"]).items():
+        for name, update in _trackers(tracker_names, info["frame_rate"], info["height"], options=options).items():
             tracked = [update(poses, timestamp) for poses, timestamp in detections]
             clear, identity = track_metrics(frames, tracked)
             total = totals.setdefault(name, {"IDTP": 0, "IDFP": 0, "IDFN": 0, "IDSW": 0, "TP": 0, "FP": 0, "FN": 0})
@@ -183,7 +187,8 @@ def evaluate(runner, clips, tracker_names, smoothing=None, score_threshold=None)
             if name == "bytetrack":
                 smooth["without"].append(smoothing_effect(frames, tracked))
         if smoothing is not None:
-            update = PoseTracker("bytetrack", frame_rate=info["frame_rate"], smoothing=smoothing).update
+            bytetrack_options = (options or {}).get("bytetrack")
+            update = PoseTracker("bytetrack", frame_rate=info["frame_rate"], options=bytetrack_options, smoothing=smoothing).update
             tracked = [update(poses, timestamp) for poses, timestamp in detections]
             smooth["with"].append(smoothing_effect(frames, tracked))
     results = {}
@@ -232,9 +237,14 @@ def main(argv=None):
     parser.add_argument("--runtime", help="the runner's runtime (default: the first installed)")
     parser.add_argument("--precision", default="fp32")
     parser.add_argument(
-        "--score-threshold", type=float, default=0.5, help="the people tracked (as the demo's)"
+        "--score-threshold",
+        type=float,
+        help="the detections the trackers see; default: the exported one, as the runner's",
     )
     parser.add_argument("--clips", type=int, default=8)
+    parser.add_argument(
+        "--first-seed", type=int, default=0, help="the clips' seeds follow it (tune on others than reported)"
+    )
     parser.add_argument("--frames", type=int, default=90)
     parser.add_argument("--size", type=int, nargs=2, default=(640, 360), metavar=("W", "H"))
     parser.add_argument("--people", type=int, default=3)
@@ -245,16 +255,35 @@ def main(argv=None):
         default=[*TRACKERS, "norfair-boxes", "norfair-keypoints"],
         help="names of d2_edwpose.deploy.tracking.TRACKERS, norfair-boxes, norfair-keypoints",
     )
+    parser.add_argument(
+        "--bytetrack-options",
+        nargs="+",
+        default=[],
+        metavar="KEY=VALUE",
+        help="ByteTrack arguments over d2_edwpose.deploy.tracking.TRACKER_OPTIONS, e.g. "
+        "track_activation_threshold=0.7",
+    )
     args = parser.parse_args(argv)
+    options = {}
+    for option in args.bytetrack_options:
+        key, sep, value = option.partition("=")
+        try:
+            options[key] = int(value) if value.isdigit() else float(value)
+        except ValueError:
+            sep = ""
+        if not sep:
+            parser.error(f"--bytetrack-options {option!r}: expected KEY=NUMBER")
     runner = OnnxPoseRunner(args.model, runtime=args.runtime, precision=args.precision)
+    if args.score_threshold is None:
+        args.score_threshold = runner.score_threshold
     width, height = args.size
     clips = [
         generate_synthetic_clip(
             Path(args.output, f"crossing_{seed:03d}.mp4"), args.frames, width, height, args.people, seed
         )
-        for seed in range(args.clips)
+        for seed in range(args.first_seed, args.first_seed + args.clips)
     ]
-    results = evaluate(runner, clips, args.trackers, {}, args.score_threshold)
+    results = evaluate(runner, clips, args.trackers, {}, args.score_threshold, {"bytetrack": options})
     print(format_results(results, clips, args, f"{runner.runtime} {runner.precision}"))
     return results
 

@@ -20,7 +20,8 @@ The number of detections N is not fixed by the trace (checked by the tests on im
 different numbers of people). What a runner needs to know travels with the file: ONNX
 metadata ``d2_edwpose`` and the TorchScript extra file ``d2_edwpose.json``, a JSON object
 with the format, ``input_format``, ``input_size``, ``score_threshold``, ``num_keypoints`` and,
-when known, ``keypoint_names``.
+when known, ``keypoint_names``, ``keypoint_flip_map`` and ``keypoint_connection_rules``
+(detectron2's metadata, by name: what the runner draws with).
 """
 import contextlib
 import copy
@@ -76,7 +77,7 @@ def _check_exportable(model):
         raise ValueError(f"INPUT.FORMAT={model.input_format!r}: only RGB and BGR can be exported")
 
 
-def _metadata(model, format_name, keypoint_names):
+def _metadata(model, format_name, keypoint_metadata):
     num_keypoints = model.roi_heads.keypoint_head.num_keypoints
     metadata = {
         "format": format_name,
@@ -85,12 +86,25 @@ def _metadata(model, format_name, keypoint_names):
         "score_threshold": model.roi_heads.box_predictor.test_score_thresh,
         "num_keypoints": num_keypoints,
     }
-    if keypoint_names is not None:
-        if len(keypoint_names) != num_keypoints:
+    if keypoint_metadata is None:
+        return metadata
+    names = list(keypoint_metadata.keypoint_names)
+    if len(names) != num_keypoints:
+        raise ValueError(
+            f"keypoint_names has {len(names)} names, the model {num_keypoints} keypoints"
+        )
+    metadata["keypoint_names"] = names
+    # What the runner draws with: detectron2's metadata, by keypoint name.
+    for field in ("keypoint_flip_map", "keypoint_connection_rules"):
+        entries = keypoint_metadata.get(field)
+        if entries is not None:
+            metadata[field] = [list(entry) for entry in entries]
+    for first, second, *_ in metadata.get("keypoint_connection_rules", ()):
+        if first not in names or second not in names:
             raise ValueError(
-                f"keypoint_names has {len(keypoint_names)} names, the model {num_keypoints} keypoints"
+                f"keypoint_connection_rules connects {first!r} and {second!r}; the keypoint "
+                f"names are {names}"
             )
-        metadata["keypoint_names"] = list(keypoint_names)
     return metadata
 
 
@@ -176,10 +190,12 @@ def _tracing_adapter(model, keypoints_field):
     return TracingAdapter(model, [{"image": image}], inference).eval()
 
 
-def export_onnx(model, output_path, keypoint_names=None):
+def export_onnx(model, output_path, keypoint_metadata=None):
     """Export ``model`` (a :class:`FixedInputSizeRCNN` with keypoints) to an ONNX file for
     :class:`~d2_edwpose.deploy.onnx_pose_runner.OnnxPoseRunner`; returns its path.
-    ``keypoint_names`` (of the dataset's metadata) are stored for the runner to report."""
+    ``keypoint_metadata`` (the dataset's detectron2 ``Metadata``, or any object with ``.get``
+    and ``keypoint_names``): its ``keypoint_names``, ``keypoint_flip_map`` and
+    ``keypoint_connection_rules`` are stored for the runner to report and draw with."""
     import onnx  # only needed to export
 
     _check_exportable(model)
@@ -200,7 +216,7 @@ def export_onnx(model, output_path, keypoint_names=None):
             dynamic_axes={name: detections for name in onnx_pose_runner.OUTPUT_NAMES},
         )
     proto = onnx.load_model_from_string(buffer.getvalue())
-    metadata = _metadata(model, onnx_pose_runner.METADATA_FORMAT, keypoint_names)
+    metadata = _metadata(model, onnx_pose_runner.METADATA_FORMAT, keypoint_metadata)
     onnx.helper.set_model_props(proto, {onnx_pose_runner.METADATA_KEY: json.dumps(metadata)})
     onnx.checker.check_model(proto)
     output_path = Path(output_path)
@@ -209,16 +225,16 @@ def export_onnx(model, output_path, keypoint_names=None):
     return output_path
 
 
-def export_torchscript(model, output_path, keypoint_names=None):
+def export_torchscript(model, output_path, keypoint_metadata=None):
     """Trace ``model`` (a :class:`FixedInputSizeRCNN` with keypoints) to a TorchScript file
-    (outputs :data:`TORCHSCRIPT_OUTPUT_NAMES`); returns its path. ``keypoint_names`` as for
-    :func:`export_onnx`."""
+    (outputs :data:`TORCHSCRIPT_OUTPUT_NAMES`); returns its path. ``keypoint_metadata`` as
+    for :func:`export_onnx`."""
     _check_exportable(model)
     with _exporting(model, decode_keypoints=True) as exported:
         adapter = _tracing_adapter(exported, "pred_keypoints")
         # check_trace would re-run the model and compare, which the tests do on real images.
         traced = torch.jit.trace(adapter, adapter.flattened_inputs, check_trace=False)
-    extra_files = {TORCHSCRIPT_METADATA_FILE: json.dumps(_metadata(model, TORCHSCRIPT_FORMAT, keypoint_names))}
+    extra_files = {TORCHSCRIPT_METADATA_FILE: json.dumps(_metadata(model, TORCHSCRIPT_FORMAT, keypoint_metadata))}
     output_path = Path(output_path)
     with atomic_open(output_path, "wb") as f:
         torch.jit.save(traced, f, _extra_files=extra_files)

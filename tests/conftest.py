@@ -1,4 +1,5 @@
-"""Shared pytest set-up: markers, paths and small config helpers."""
+"""Shared pytest set-up: markers, paths, small config helpers, and the briefly trained model
+of the deployment and video tests."""
 import json
 import os
 from pathlib import Path
@@ -11,7 +12,12 @@ from detectron2.data.datasets import register_coco_instances
 from detectron2.data.datasets.builtin_meta import _get_builtin_metadata
 
 from d2_edwpose import add_edwpose_config
-from d2_edwpose.data.synthetic import default_root, register_synthetic_keypoints
+from d2_edwpose.data.synthetic import (
+    default_root,
+    generate_synthetic_keypoints,
+    register_synthetic_keypoints,
+)
+from d2_edwpose.engine import Trainer
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEMO_CONFIG = REPO_ROOT / "configs" / "cpu_demo_keypoint_rcnn_mv3_fpn_320_edw.yaml"
@@ -89,3 +95,30 @@ def user_cfg(config_file, *opts):
     cfg.merge_from_file(str(config_file))
     cfg.merge_from_list([str(o) for o in opts])
     return cfg
+
+
+@pytest.fixture(scope="session")
+def synthetic_root(tmp_path_factory):
+    """24 training and 20 validation images of synthetic people."""
+    return generate_synthetic_keypoints(tmp_path_factory.mktemp("synthetic"), 24, 20, seed=0)
+
+
+@pytest.fixture(scope="session")
+def trained(synthetic_root, tmp_path_factory):
+    """(config, model): the CPU demo config trained for 150 iterations on 24 synthetic images,
+    scoring people at 0.5 and more: scores far from the threshold, unlike random weights.
+    Trained once per session, for the deployment and the video tests."""
+    register_synthetic_keypoints(synthetic_root)
+    cfg = get_cfg()
+    add_edwpose_config(cfg)
+    cfg.merge_from_file(str(DEMO_CONFIG))
+    cfg.merge_from_list(
+        ["SOLVER.IMS_PER_BATCH", 4, "SOLVER.MAX_ITER", 150, "SOLVER.STEPS", (120,),
+         "SOLVER.WARMUP_ITERS", 20, "DATALOADER.NUM_WORKERS", 0, "SEED", 0,
+         "TEST.PRECISE_BN.NUM_ITER", 12, "MODEL.ROI_HEADS.SCORE_THRESH_TEST", 0.5,
+         "OUTPUT_DIR", str(tmp_path_factory.mktemp("trained"))]
+    )  # fmt: skip
+    trainer = Trainer(cfg)
+    trainer.resume_or_load(resume=False)
+    trainer.train()
+    return cfg, trainer.model.eval()

@@ -10,24 +10,20 @@ import onnx
 import pytest
 import torch
 
-from detectron2.config import get_cfg
 from detectron2.data import DatasetCatalog
 from detectron2.structures import BoxMode
 from detectron2.structures import pairwise_iou, Boxes
 
-from d2_edwpose import add_edwpose_config
-from d2_edwpose.data.synthetic import generate_synthetic_keypoints, register_synthetic_keypoints
+from d2_edwpose.data.synthetic import register_synthetic_keypoints
 from d2_edwpose.deploy import onnx_pose_runner, runtimes
 from d2_edwpose.deploy.onnx_pose_runner import OnnxPoseRunner
-from d2_edwpose.engine import Trainer
 from d2_edwpose.evaluation import KeypointCOCOEvaluator
 from d2_edwpose.export import export_onnx, pytorch_poses
 from d2_edwpose.quantization import FLOAT_LAYERS, calibration_images, quantize_int8
 from d2_edwpose.tools import evaluate_export, export_model
 
-from conftest import REPO_ROOT
+from conftest import DEMO_CONFIG as CONFIG
 
-CONFIG = REPO_ROOT / "configs" / "cpu_demo_keypoint_rcnn_mv3_fpn_320_edw.yaml"
 # People PyTorch scores this far above the threshold (0.5) must be found at low precision: the
 # briefly trained model's scores moved by up to 0.03 in bfloat16 and 0.06 in INT8 (measured on
 # the first 6 of these images), so a margin of 0.15 leaves room for other CPUs' kernels.
@@ -43,31 +39,6 @@ MIN_IOU = 0.5
 # builds, and from run to run with detectron2 main's compiled ops (one run found 12 on the
 # first 6 images, of which bfloat16 missed 2).
 MIN_RECALL = 0.85
-
-
-@pytest.fixture(scope="module")
-def synthetic_root(tmp_path_factory):
-    return generate_synthetic_keypoints(tmp_path_factory.mktemp("synthetic"), 24, 20, seed=0)
-
-
-@pytest.fixture(scope="module")
-def trained(synthetic_root, tmp_path_factory):
-    """(config, model): the CPU demo config trained for 150 iterations on 24 synthetic images,
-    scoring people at 0.5 and more: scores far from the threshold, unlike random weights."""
-    register_synthetic_keypoints(synthetic_root)
-    cfg = get_cfg()
-    add_edwpose_config(cfg)
-    cfg.merge_from_file(str(CONFIG))
-    cfg.merge_from_list(
-        ["SOLVER.IMS_PER_BATCH", 4, "SOLVER.MAX_ITER", 150, "SOLVER.STEPS", (120,),
-         "SOLVER.WARMUP_ITERS", 20, "DATALOADER.NUM_WORKERS", 0, "SEED", 0,
-         "TEST.PRECISE_BN.NUM_ITER", 12, "MODEL.ROI_HEADS.SCORE_THRESH_TEST", 0.5,
-         "OUTPUT_DIR", str(tmp_path_factory.mktemp("trained"))]
-    )  # fmt: skip
-    trainer = Trainer(cfg)
-    trainer.resume_or_load(resume=False)
-    trainer.train()
-    return cfg, trainer.model.eval()
 
 
 @pytest.fixture(scope="module")

@@ -167,17 +167,19 @@ def test_runner_needs_neither_torch_nor_detectron2(exported, image_dir, runner, 
         tmp_path / "pose_runner",
         ignore=shutil.ignore_patterns("__pycache__"),
     )
+    # Tracking included: the tracker (Roboflow's trackers) must be torch-free too.
     image = sorted(image_dir.glob("*.jpg"))[0]
-    output = tmp_path / "poses.json"
+    output = tmp_path / "out"
     result = subprocess.run(
         [sys.executable, "-c", prelude + "runpy.run_module('pose_runner', run_name='__main__')",
          str(exported["onnx"]), str(image), "--output", str(output), "--threads", "1"],
         capture_output=True, text=True, cwd=tmp_path,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-2000:]
-    (written,) = json.loads(output.read_text())
+    (written,) = [json.loads(line) for line in (output / f"{image.stem}.jsonl").open()]
+    assert (output / image.name).is_file()  # the drawing
     expected = runner(cv2.imread(str(image)))
-    assert written["image"] == str(image) and len(written["people"]) == len(expected["scores"]) > 0
+    assert written["source"] == str(image) and len(written["people"]) == len(expected["scores"]) > 0
     np.testing.assert_allclose([p["box"] for p in written["people"]], expected["boxes"], atol=1e-4)
     np.testing.assert_allclose([p["keypoints"] for p in written["people"]], expected["keypoints"], atol=1e-4)
 
@@ -254,13 +256,17 @@ def test_numpy_decoding_is_detectron2s():
     assert none.shape == (0, 17, 3)
 
 
-@pytest.mark.parametrize("size", [(383, 259), (200, 150), (320, 320), (640, 97)])
+@pytest.mark.parametrize(
+    "size", [(383, 259), (200, 150), (320, 320), (640, 97), (480, 640), (720, 1280), (1080, 1920)]
+)
 def test_runner_resize_is_the_models(size):
     rng = np.random.default_rng(0)
     image = rng.integers(0, 256, (*size, 3), dtype=np.uint8)
     expected = resize_to_fixed_size(torch.as_tensor(image).permute(2, 0, 1), (320, 320))
-    found = resize_bilinear_antialiased(image.astype(np.float32), (320, 320))
-    assert np.abs(found.transpose(2, 0, 1) - expected.numpy()).max() < 1e-4
+    for pixels in (image, image.astype(np.float32)):  # the runner resizes uint8 frames
+        found = resize_bilinear_antialiased(pixels, (320, 320))
+        assert found.dtype == np.float32
+        assert np.abs(found.transpose(2, 0, 1) - expected.numpy()).max() < 1e-4
 
 
 @pytest.mark.parametrize("runtime", RUNTIMES)

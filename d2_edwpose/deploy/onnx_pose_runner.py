@@ -122,6 +122,13 @@ class OnnxPoseRunner:
                 f"{path}: metadata names {len(self.keypoint_names)} keypoints, num_keypoints is "
                 f"{self.num_keypoints}"
             )
+        # What the drawing follows; files exported without them draw the keypoints alone.
+        self.keypoint_flip_map = info.get("keypoint_flip_map")
+        self.keypoint_connection_rules = info.get("keypoint_connection_rules")
+        if self.keypoint_connection_rules and self.keypoint_names is None:
+            raise ExportedModelError(
+                f"{path}: metadata has keypoint_connection_rules but no keypoint_names"
+            )
         # "int8" for a quantized file (its float operations at the float precision), else the
         # precision the float operations run at.
         self.precision = "int8" if info.get("precision") == "int8" else self.graph.precision
@@ -136,10 +143,9 @@ class OnnxPoseRunner:
             raise ValueError(f"expected a BGR image of shape (H, W, 3), got shape {image.shape}")
         if self.input_format == "RGB":
             image = image[:, :, ::-1]
-        image = image.astype(np.float32)
         if image.shape[:2] != self.input_size:
-            image = resize_bilinear_antialiased(image, self.input_size)
-        return np.ascontiguousarray(image.transpose(2, 0, 1))
+            image = resize_bilinear_antialiased(image, self.input_size)  # float32
+        return np.ascontiguousarray(image.transpose(2, 0, 1), dtype=np.float32)
 
     def run_graph(self, graph_input):
         """The graph's outputs (a dict by name) for a pre-processed image."""
@@ -181,3 +187,23 @@ class OnnxPoseRunner:
         and minimum: the exported one)."""
         outputs = self.run_graph(self.preprocess(image))
         return self.postprocess(outputs, image.shape[:2], score_threshold)
+
+    def stream(self, source, score_threshold=None, tracker="bytetrack", live=None, smoothing=None):
+        """The poses of every frame of ``source`` (an image file, a folder, a video file, a
+        camera index, a stream URL), as a generator of :class:`~.streaming.PoseFrame`
+        (``index``, ``timestamp``, ``poses`` with ``track_ids``, ``latency``, ...), with
+        reading, the graph and post-processing overlapped; see
+        :func:`~.streaming.stream_poses` for the arguments::
+
+            for frame in runner.stream("clip.mp4"):
+                frame.index, frame.timestamp, frame.poses["track_ids"], frame.poses["keypoints"]
+        """
+        from .streaming import stream_poses
+
+        return stream_poses(self, source, score_threshold, tracker, live, smoothing)
+
+    def skeleton(self):
+        """The skeleton to draw: (index_a, index_b, BGR colour) per connection rule."""
+        from .drawing import skeleton_edges
+
+        return skeleton_edges(self.keypoint_names, self.keypoint_connection_rules)

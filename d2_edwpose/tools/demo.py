@@ -6,6 +6,8 @@
 Images are written to ``--output`` under their own names, videos as ``<name>.mp4`` (each
 file complete or not at all; never over an input); for a video the frames per second of the
 model (detectron2's ``DefaultPredictor``, pre- and post-processing included) are printed.
+In videos, people are tracked, and drawn with their track ids, as the deployment runner does
+(``d2_edwpose.deploy.tracking`` and ``.drawing``).
 """
 import argparse
 import logging
@@ -18,13 +20,14 @@ from detectron2.config import get_cfg
 from detectron2.data import MetadataCatalog
 from detectron2.data.datasets.builtin_meta import _get_builtin_metadata
 from detectron2.utils.logger import setup_logger
-from detectron2.utils.video_visualizer import VideoVisualizer
 from detectron2.utils.visualizer import ColorMode, Visualizer
 
 from d2_edwpose import add_edwpose_config
 from d2_edwpose.atomic_files import atomic_path
 from d2_edwpose.data import register_config_datasets
 from d2_edwpose.data.catalog import num_keypoints
+from d2_edwpose.deploy import drawing
+from d2_edwpose.deploy.tracking import PoseTracker
 from d2_edwpose.engine import build_predictor
 from d2_edwpose.image_files import IMAGE_SUFFIXES, is_image_file
 from d2_edwpose.modeling.cpu_inference import optimize_for_inference
@@ -133,15 +136,17 @@ def run_on_image(predictor, metadata, path, output):
 
 
 def run_on_video(predictor, metadata, path, output):
-    """Predict on every frame of the video file ``path`` and write the drawings to the MPEG-4
-    file ``output``; returns it and the model's frames per second."""
+    """Predict on every frame of the video file ``path``, track the people, and write the
+    drawings (track ids, the dataset's skeleton) to the MPEG-4 file ``output``; returns it and
+    the model's frames per second."""
     video = cv2.VideoCapture(str(path))
     if not video.isOpened():
         raise ValueError(f"{path}: OpenCV cannot open this video")
     fps = video.get(cv2.CAP_PROP_FPS) or 30.0
     width = int(video.get(cv2.CAP_PROP_FRAME_WIDTH))
     height = int(video.get(cv2.CAP_PROP_FRAME_HEIGHT))
-    visualizer = VideoVisualizer(metadata, ColorMode.IMAGE)
+    tracker = PoseTracker(frame_rate=fps)
+    edges = drawing.skeleton_edges(metadata.keypoint_names, metadata.get("keypoint_connection_rules"))
     frames, model_time = 0, 0.0
     with atomic_path(output) as partial:
         fourcc = cv2.VideoWriter_fourcc(*"mp4v")
@@ -156,8 +161,15 @@ def run_on_video(predictor, metadata, path, output):
                 start = time.perf_counter()
                 instances = predictor(frame)["instances"].to("cpu")
                 model_time += time.perf_counter() - start
-                drawn = visualizer.draw_instance_predictions(frame[:, :, ::-1], instances)
-                writer.write(drawn.get_image()[:, :, ::-1])
+                poses = tracker.update(
+                    {
+                        "boxes": instances.pred_boxes.tensor.numpy(),
+                        "scores": instances.scores.numpy(),
+                        "keypoints": instances.pred_keypoints.numpy(),
+                    },
+                    timestamp=frames / fps,
+                )
+                writer.write(drawing.draw_poses(frame, poses, edges, f"{frames / model_time:.1f} FPS"))
                 frames += 1
         finally:
             video.release()

@@ -186,11 +186,11 @@ def main(argv=None):
     AtomicValidatingCheckpointer(model).resume_or_load(cfg.MODEL.WEIGHTS, resume=False)
 
     exporters = {"onnx": export_onnx, "torchscript": export_torchscript}
-    keypoint_names = keypoint_metadata(cfg).keypoint_names
+    metadata = keypoint_metadata(cfg)
     written = {}
     for name in args.format or EXPORT_FORMATS:
         written[name] = exporters[name](
-            model, Path(args.output) / FILE_NAMES[name], keypoint_names=keypoint_names
+            model, Path(args.output) / FILE_NAMES[name], keypoint_metadata=metadata
         )
         logger.info(f"wrote {written[name]}")
     if calibration:

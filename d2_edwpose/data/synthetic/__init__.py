@@ -6,7 +6,9 @@ random poses, clothing and skin colours, at varied scales, over a cluttered back
 (:mod:`.rendering`). Later figures occlude earlier ones; figures are cut by the image border.
 Generate it with ``python -m d2_edwpose.tools.generate_synthetic_keypoints --output DIR`` or
 :func:`generate_synthetic_keypoints` (:mod:`.generation`); both skip a DIR that already
-holds the same dataset.
+holds the same dataset. :func:`generate_synthetic_clip` (the tool's ``--clip``) writes a
+video of the same figures walking across each other, with their track ids, boxes and
+keypoints per frame, for tracking.
 
 ``import d2_edwpose.data`` registers ``synthetic_keypoints_train`` and
 ``synthetic_keypoints_val`` for :func:`default_root` (``$D2_EDWPOSE_SYNTHETIC_ROOT``, else
@@ -47,7 +49,7 @@ files are written atomically and the json files last, so an interrupted run is d
 and redone; the parameters are stored in the json's ``"info"``.
 """
 
-from .generation import generate_synthetic_keypoints
+from .generation import generate_synthetic_clip, generate_synthetic_keypoints
 from .registration import (
     DATASET_NAMES,
     GENERATE_COMMAND,
@@ -59,6 +61,7 @@ __all__ = [
     "DATASET_NAMES",
     "GENERATE_COMMAND",
     "default_root",
+    "generate_synthetic_clip",
     "generate_synthetic_keypoints",
     "register_synthetic_keypoints",
 ]

@@ -280,3 +280,77 @@ def sample_people(rng, width, height):
             )
             break
     return people
+
+
+def _blend(first, second, weight):
+    """``first`` and ``second`` (nested dicts and arrays of one pose) mixed by ``weight``."""
+    if isinstance(first, dict):
+        return {key: _blend(first[key], second[key], weight) for key in first}
+    return (1 - weight) * np.asarray(first) + weight * np.asarray(second)
+
+
+def sample_walkers(rng, width, height, num_people, num_frames):
+    """Figures that walk across a ``width`` x ``height`` frame for ``num_frames`` frames,
+    alternately left to right and right to left, so that they cross and hide each other, their
+    limbs swinging between two random poses: per frame, a list of figures (``id``, and the
+    image-space ``joints``, ``shapes``, ``facing`` and ``box`` of :func:`sample_people`), in
+    depth order, back to front (nearer figures are larger and drawn later)."""
+    fractions = np.sort(rng.uniform(0.5, 0.85, size=num_people))
+    walkers = []
+    for index, fraction in enumerate(fractions):
+        direction = 1 if index % 2 == 0 else -1
+        # Walkers of one direction start a lane apart, so that they cross the others rather
+        # than walk behind each other all along.
+        lane = 0.22 * (index // 2)
+        start = rng.uniform(0.02, 0.08) + lane
+        end = min(start + rng.uniform(0.6, 0.75), 0.98)
+        if direction < 0:
+            start, end = 1 - start, 1 - end
+        walkers.append(
+            dict(
+                id=index,
+                person_height=fraction * height,
+                facing="front" if rng.random() < 0.6 else "back",
+                poses=[_sample_pose(rng), _sample_pose(rng)],
+                style=_sample_style(rng),
+                angle=rng.uniform(-0.08, 0.08),
+                path=(start * width, end * width),
+                # Feet near the bottom for near (large) figures, higher up for far ones.
+                top=rng.uniform(0.0, 1.0) * max(0.0, height - 0.95 * fraction * height),
+                period=rng.uniform(16, 30),  # frames per stride
+                phase=rng.uniform(0, 2 * np.pi),
+            )
+        )
+    frames = []
+    for t in range(num_frames):
+        progress = t / max(num_frames - 1, 1)
+        people = []
+        for walker in walkers:
+            weight = 0.5 - 0.5 * np.cos(2 * np.pi * t / walker["period"] + walker["phase"])
+            (joints_a, extra_a), (joints_b, extra_b) = walker["poses"]
+            joints = _blend(joints_a, joints_b, weight)
+            extra = _blend(extra_a, extra_b, weight)
+            shapes = _figure_shapes(joints, extra, walker["style"], walker["facing"])
+            x0, x1 = walker["path"]
+            origin = np.array(
+                [x0 + (x1 - x0) * progress, walker["top"] + 0.48 * walker["person_height"]]
+            )
+            place = functools.partial(
+                _place,
+                height=walker["person_height"],
+                origin=origin,
+                angle=walker["angle"],
+                facing=walker["facing"],
+            )
+            outline = place(np.concatenate([polygon for polygon, _ in shapes]))
+            people.append(
+                dict(
+                    id=walker["id"],
+                    box=(*outline.min(axis=0), *outline.max(axis=0)),
+                    facing=walker["facing"],
+                    joints=place(joints),
+                    shapes=[(place(polygon), colour) for polygon, colour in shapes],
+                )
+            )
+        frames.append(people)
+    return frames

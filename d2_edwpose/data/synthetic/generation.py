@@ -10,7 +10,7 @@ import numpy as np
 
 from detectron2.data.datasets.builtin_meta import COCO_PERSON_KEYPOINT_NAMES
 
-from ...atomic_files import atomic_open
+from ...atomic_files import atomic_open, atomic_path
 from .rendering import render_image
 
 logger = logging.getLogger(__name__)
@@ -130,3 +130,78 @@ def generate_synthetic_keypoints(output, num_train=800, num_val=100, seed=0):
         f"{num_train} train and {num_val} val images."
     )
     return output
+
+
+# Stored in a clip's ground truth: bump it whenever the clips' drawing or motion changes.
+CLIP_GENERATOR_VERSION = 1
+
+
+def generate_synthetic_clip(
+    path, num_frames=60, width=640, height=360, num_people=3, seed=0, frame_rate=30.0
+):
+    """Write a clip of ``num_people`` synthetic people walking across each other
+    (:func:`~.rendering.render_clip`) to the MPEG-4 file ``path`` and its ground truth to
+    ``path`` with the suffix ``.json``; return both paths.
+
+    The ground truth is ``{"info": {...the arguments...}, "keypoint_names": [...],
+    "frames": [{"index": i, "people": [{"track_id", "bbox" (x, y, w, h), "keypoints"
+    (x, y, v per keypoint, COCO's convention), "area", "visibility"}]}]}``, in the pixels of
+    the frame; ``visibility`` is the share of the person's labelled keypoints that are visible
+    (not hidden by someone in front), for evaluations that, as MOTChallenge's, leave out people
+    hidden for the most part.
+    Deterministic in its arguments; a clip already written with the same ones is kept.
+    """
+    from pathlib import Path
+
+    from .rendering import render_clip
+
+    path = Path(path)
+    truth_path = path.with_suffix(".json")
+    for name, value in (("num_frames", num_frames), ("num_people", num_people), ("seed", seed)):
+        if not isinstance(value, (int, np.integer)) or value < (1 if name != "seed" else 0):
+            raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    info = dict(
+        num_frames=int(num_frames), width=int(width), height=int(height),
+        num_people=int(num_people), seed=int(seed), frame_rate=float(frame_rate),
+        generator_version=CLIP_GENERATOR_VERSION,
+    )  # fmt: skip
+    try:
+        with open(truth_path) as f:
+            if json.load(f)["info"] == info and path.is_file():
+                return path, truth_path
+    except (OSError, ValueError, KeyError):
+        pass
+    rng = np.random.default_rng([int(seed), len(SPLITS), int(num_people)])
+    frames = render_clip(rng, int(width), int(height), int(num_people), int(num_frames))
+    with atomic_path(path) as partial:
+        writer = cv2.VideoWriter(
+            partial, cv2.VideoWriter_fourcc(*"mp4v"), float(frame_rate), (int(width), int(height))
+        )
+        if not writer.isOpened():
+            raise OSError(f"{path}: OpenCV cannot write an MPEG-4 video")
+        try:
+            for image, _ in frames:
+                writer.write(image)
+        finally:
+            writer.release()
+    truth = dict(
+        info=info,
+        keypoint_names=list(COCO_PERSON_KEYPOINT_NAMES),
+        frames=[
+            dict(
+                index=index,
+                people=[
+                    dict(
+                        {key: a[key] for key in ("track_id", "bbox", "keypoints", "area")},
+                        visibility=sum(v == 2 for v in a["keypoints"][2::3])
+                        / max(sum(v > 0 for v in a["keypoints"][2::3]), 1),
+                    )
+                    for a in annotations
+                ],
+            )
+            for index, (_, annotations) in enumerate(frames)
+        ],
+    )
+    with atomic_open(truth_path, "w") as f:
+        json.dump(truth, f, separators=(",", ":"))
+    return path, truth_path

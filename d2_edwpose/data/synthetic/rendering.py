@@ -6,7 +6,7 @@ import numpy as np
 
 from detectron2.data.datasets.builtin_meta import COCO_PERSON_KEYPOINT_NAMES
 
-from .figures import sample_people
+from .figures import sample_people, sample_walkers
 
 IMAGE_SIZE_RANGE = (240, 400)  # width and height are drawn independently
 FACE_KEYPOINTS = ("nose", "left_eye", "right_eye")
@@ -79,7 +79,35 @@ def render_image(rng):
     width, height = (int(v) for v in rng.integers(IMAGE_SIZE_RANGE[0], IMAGE_SIZE_RANGE[1] + 1, 2))
     image = _background(rng, width, height)
     people = sample_people(rng, width, height)
+    return _draw_people(rng, image, people)
 
+
+def render_clip(rng, width, height, num_people, num_frames):
+    """The frames of a clip of ``num_people`` figures walking across a still background
+    (:func:`~.figures.sample_walkers`: crossing and hiding each other), each frame with its
+    COCO annotations (without ids) and a ``track_id`` per person, the same in every frame.
+    A person outside the frame has no annotation."""
+    background = _background(rng, width, height)
+    frames = []
+    for people in sample_walkers(rng, width, height, num_people, num_frames):
+        inside = [p for p in people if _visible_extent(p, width, height)]
+        image, annotations = _draw_people(rng, background.copy(), inside)
+        for person, annotation in zip(inside, annotations):
+            annotation["track_id"] = person["id"]
+        frames.append((image, annotations))
+    return frames
+
+
+def _visible_extent(person, width, height, margin=8):
+    """Whether at least ``margin`` pixels of the figure's box are inside the image each way."""
+    x0, y0, x1, y1 = person["box"]
+    return x1 > margin and y1 > margin and x0 < width - margin and y0 < height - margin
+
+
+def _draw_people(rng, image, people):
+    """``people`` drawn on ``image`` back to front, the camera-like finish, and their COCO
+    annotations (of what was drawn; without ids)."""
+    height, width = image.shape[:2]
     # owner[y, x] = 1 + index of the front-most figure at that pixel (0: background).
     owner = np.zeros((height, width), np.uint8)
     masks = []

@@ -6,6 +6,8 @@
     # rewrites mode: what each rewrite of optimize_for_inference buys end to end, on CPU
     python -m d2_edwpose.tools.benchmark configs/keypoint_rcnn_mv3_fpn_320_edw.yaml \
         configs/keypoint_rcnn_mv3_fpn_320_realtime.yaml --rewrites --device cpu
+    # video mode: the runner's whole video pipeline (decode -> poses -> track -> draw -> encode)
+    python -m d2_edwpose.tools.benchmark --video synthetic --deploy openvino:bf16 --num-people 10
     # dataset mode: detectron2's inference_on_dataset (its built-in timer) on a registered dataset
     python -m d2_edwpose.tools.benchmark configs/cpu_demo_keypoint_rcnn_mv3_fpn_320_edw.yaml \
         --dataset synthetic_keypoints_val --opts MODEL.WEIGHTS output/cpu_demo/model_final.pth
@@ -48,6 +50,7 @@ from d2_edwpose.tools.analyze_model import PAPER_CONFIGS, REALTIME_CONFIG, STOCK
 from .deploy import DEPLOY_ROWS, deploy_row, profile_runner, runner_call
 from .direct import config_models, format_table, plot_sweep, run_direct
 from .rewrites import format_rewrites_table, run_rewrites
+from .video import format_video_table, run_video
 from .timing import (
     build_benchmark_model,
     describe_cpu,
@@ -67,6 +70,14 @@ __all__ = [
     "runner_call",
     "time_interleaved",
 ]
+
+
+def _video_size(text):
+    try:
+        width, height = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected WIDTHxHEIGHT, e.g. 1280x720") from None
+    return width, height
 
 
 def run_dataset(args):
@@ -147,9 +158,24 @@ def main(argv=None):
     parser.add_argument("--repeats", type=int, default=10)
     parser.add_argument("--plot", help="PNG of latency against N (with --sweep)")
     parser.add_argument("--dataset", help="dataset mode: a registered dataset name")
+    parser.add_argument(
+        "--video",
+        metavar="SOURCE",
+        help="video mode: a video file, or 'synthetic' for clips of walking people at each "
+        "--video-size; times the --deploy rows end to end (default configs: the realtime one)",
+    )
+    parser.add_argument(
+        "--video-sizes",
+        nargs="+",
+        type=_video_size,
+        default=[(320, 320), (640, 480), (1280, 720), (1920, 1080)],
+        metavar="WxH",
+        help="with --video synthetic: the frame sizes (default: 320x320 and camera sizes)",
+    )
+    parser.add_argument("--video-frames", type=int, default=150, help="with --video synthetic")
     parser.add_argument("--opts", nargs=argparse.REMAINDER, default=[], help="KEY VALUE overrides")
     args = parser.parse_args(argv)
-    if args.deploy == []:
+    if args.deploy == [] or (args.video and args.deploy is None):
         args.deploy = list(DEPLOY_ROWS)
     if args.keep_exports and not args.deploy:
         parser.error("--keep-exports keeps the exports of the --deploy rows: add --deploy")
@@ -163,6 +189,14 @@ def main(argv=None):
         if len(args.configs) != 1:
             parser.error(f"--dataset {args.dataset}: give exactly one config to run on it")
         return run_dataset(args)
+    if args.video:
+        if args.dataset or args.rewrites or args.optimize or args.sweep or args.device != "cpu":
+            parser.error("--video: a mode of its own, of the --deploy rows, on --device cpu")
+        if args.configs == parser.get_default("configs"):
+            args.configs = [str(REALTIME_CONFIG)]
+        rows = run_video(args, config_models(args))
+        print(format_video_table(rows, args))
+        return rows
     if args.rewrites:
         if args.device != "cpu" or args.optimize or args.deploy or args.profile or args.sweep:
             parser.error("--rewrites: a mode of its own, on --device cpu, at --num-people")

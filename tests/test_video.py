@@ -1,5 +1,6 @@
 """The runner on videos, cameras and streams: sources, tracking, drawing, JSON Lines, errors,
 interruption; and the synthetic clips they are tested on."""
+
 import json
 import shutil
 import signal
@@ -79,12 +80,15 @@ def test_synthetic_clip_is_deterministic_and_its_people_cross(crossing, tmp_path
     frames = truth["frames"]
     assert len(frames) == len(_decoded(video)) == 45 and truth["info"]["num_people"] == 3
     assert {p["track_id"] for f in frames for p in f["people"]} == {0, 1, 2}
+
     # Two people walk in opposite directions: their order along x swaps.
     def centre(frame, track_id):
         (person,) = [p for p in frame["people"] if p["track_id"] == track_id]
         return person["bbox"][0] + person["bbox"][2] / 2
 
-    assert (centre(frames[0], 0) - centre(frames[0], 1)) * (centre(frames[-1], 0) - centre(frames[-1], 1)) < 0
+    assert (centre(frames[0], 0) - centre(frames[0], 1)) * (
+        centre(frames[-1], 0) - centre(frames[-1], 1)
+    ) < 0
     hidden = [v for f in frames for p in f["people"] for v in p["keypoints"][2::3] if v == 1]
     assert hidden, "someone is hidden by someone else at some point"
     again, _ = generate_synthetic_clip(tmp_path / "again.mp4", num_frames=45, num_people=3, seed=1)
@@ -142,9 +146,15 @@ def test_ids_persist_through_crossings_and_occlusions(crossing):
     tracker, tracked = PoseTracker(frame_rate=30.0), []
     for t, frame in enumerate(truth["frames"]):
         people = [p for p in frame["people"] if p["visibility"] >= 0.5]
-        boxes = np.array([[x, y, x + w, y + h] for x, y, w, h in (p["bbox"] for p in people)], np.float32)
+        boxes = np.array(
+            [[x, y, x + w, y + h] for x, y, w, h in (p["bbox"] for p in people)], np.float32
+        )
         keypoints = np.array([p["keypoints"] for p in people], np.float32).reshape(-1, 17, 3)
-        poses = {"boxes": boxes.reshape(-1, 4), "scores": np.full(len(people), 0.99, np.float32), "keypoints": keypoints}
+        poses = {
+            "boxes": boxes.reshape(-1, 4),
+            "scores": np.full(len(people), 0.99, np.float32),
+            "keypoints": keypoints,
+        }
         tracked.append(tracker.update(poses, t / 30.0))
     clear, identity = track_metrics(truth["frames"], tracked)
     assert clear["IDSW"] == 0 and identity["IDF1"] >= 0.95, (clear, identity)
@@ -197,15 +207,21 @@ def test_smoothing_changes_only_tracked_keypoints(runner, crossing):
         np.testing.assert_array_equal(a.poses["track_ids"], b.poses["track_ids"])
         np.testing.assert_array_equal(a.poses["boxes"], b.poses["boxes"])
         untracked = a.poses["track_ids"] < 0
-        np.testing.assert_array_equal(a.poses["keypoints"][untracked], b.poses["keypoints"][untracked])
+        np.testing.assert_array_equal(
+            a.poses["keypoints"][untracked], b.poses["keypoints"][untracked]
+        )
         np.testing.assert_array_equal(a.poses["keypoints"][..., 2], b.poses["keypoints"][..., 2])
         moved += int((a.poses["keypoints"] != b.poses["keypoints"]).any())
     assert moved > len(plain) // 2
 
 
-def test_command_writes_a_video_and_json_lines_that_round_trip(exported, runner, crossing, tmp_path):
+def test_command_writes_a_video_and_json_lines_that_round_trip(
+    exported, runner, crossing, tmp_path
+):
     video, _ = crossing
-    (summary,) = runner_main([str(exported), str(video), "--output", str(tmp_path), "--threads", "1"])
+    (summary,) = runner_main(
+        [str(exported), str(video), "--output", str(tmp_path), "--threads", "1"]
+    )
     assert summary["frames"] == 45 and summary["dropped"] == 0
     records = read_json_lines(tmp_path / "crossing.jsonl")
     expected = list(runner.stream(str(video)))
@@ -233,7 +249,11 @@ def test_drawing_follows_a_non_coco_keypoint_set():
     keypoints[0, :, :2] = 5
     keypoints[0, head] = (50, 20, 0.9)
     keypoints[0, neck] = (50, 80, 0.9)
-    poses = {"boxes": np.array([[30, 10, 70, 90]], np.float32), "scores": np.array([0.9]), "keypoints": keypoints}
+    poses = {
+        "boxes": np.array([[30, 10, 70, 90]], np.float32),
+        "scores": np.array([0.9]),
+        "keypoints": keypoints,
+    }
     drawn = draw_poses(np.zeros((100, 100, 3), np.uint8), poses, edges)
     blue, green, red = drawn[50, 50]  # BGR: the rule's red (anti-aliased), between the two
     assert blue == green == 0 and red > 200
@@ -245,7 +265,9 @@ def test_drawing_follows_a_non_coco_keypoint_set():
 def test_export_carries_the_skeleton_for_the_runner(runner):
     coco = _get_builtin_metadata("coco_person")
     assert runner.keypoint_names == list(coco["keypoint_names"])
-    assert runner.keypoint_connection_rules == [list(r[:2]) + [list(r[2])] for r in coco["keypoint_connection_rules"]]
+    assert runner.keypoint_connection_rules == [
+        list(r[:2]) + [list(r[2])] for r in coco["keypoint_connection_rules"]
+    ]
     assert len(runner.skeleton()) == len(coco["keypoint_connection_rules"])
 
 
@@ -258,7 +280,9 @@ def test_export_carries_the_skeleton_for_the_runner(runner):
         ("not_a_video.mp4", r"not_a_video.mp4: OpenCV cannot open it|could not read a frame"),
     ],
 )
-def test_sources_that_cannot_be_read_are_named_before_anything_is_written(exported, tmp_path, source, message):
+def test_sources_that_cannot_be_read_are_named_before_anything_is_written(
+    exported, tmp_path, source, message
+):
     (tmp_path / "not_a_video.mp4").write_bytes(b"no video here")
     output = tmp_path / "out"
     args = [str(exported), str(tmp_path / source) if source.endswith(".mp4") else source]
@@ -270,7 +294,9 @@ def test_sources_that_cannot_be_read_are_named_before_anything_is_written(export
 
 
 def test_interrupted_run_leaves_a_playable_video_and_valid_json_lines(exported, tmp_path):
-    video, _ = generate_synthetic_clip(tmp_path / "long.mp4", num_frames=150, width=320, height=240, num_people=2)
+    video, _ = generate_synthetic_clip(
+        tmp_path / "long.mp4", num_frames=150, width=320, height=240, num_people=2
+    )
     output = tmp_path / "out"
     process = subprocess.Popen(
         [sys.executable, "-m", "d2_edwpose.deploy", str(exported), str(video), "--live",

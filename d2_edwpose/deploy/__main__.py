@@ -13,6 +13,7 @@ and keypoints) and its drawing: ``DIR/STEM.mp4`` for a video, camera or stream, 
 images under their own names for image files; without it, the JSON lines go to standard
 output. A camera or stream runs until it ends or Ctrl-C; what was written stays complete.
 """
+
 import argparse
 import json
 import os
@@ -45,7 +46,11 @@ def _check_outputs(sources, folder):
     for source in sources:
         stem = output_stem(source.name)
         names = [f"{stem}.jsonl"]
-        names += [os.path.basename(p) for p in source.paths] if hasattr(source, "paths") else [f"{stem}.mp4"]
+        names += (
+            [os.path.basename(p) for p in source.paths]
+            if hasattr(source, "paths")
+            else [f"{stem}.mp4"]
+        )
         for name in names:
             path = os.path.realpath(os.path.join(folder, name))
             if path in inputs:

@@ -1,5 +1,6 @@
 """Poses drawn with OpenCV: each person's box and track id in a colour of their own, the
 skeleton of the export's keypoint set (its names and connection rules), and a status line."""
+
 import cv2
 import numpy as np
 
@@ -60,7 +61,9 @@ def draw_poses(image, poses, edges=(), status=None):
         points = np.round(keypoints[:, :2]).astype(int)
         for a, b, edge_colour in edges:
             if visible[a] and visible[b]:
-                cv2.line(drawn, tuple(points[a]), tuple(points[b]), edge_colour, thickness, cv2.LINE_AA)
+                cv2.line(
+                    drawn, tuple(points[a]), tuple(points[b]), edge_colour, thickness, cv2.LINE_AA
+                )
         for (x, y), shown in zip(points, visible):
             if shown:
                 cv2.circle(drawn, (int(x), int(y)), radius, colour, -1, cv2.LINE_AA)

@@ -4,6 +4,7 @@ each opened by OpenCV (with its FFmpeg back-end for files and URLs).
 :func:`open_source` checks a source when it is opened, so that a missing file, a stream that
 does not open or an absent camera is an error that names it before anything is written.
 """
+
 import dataclasses
 import os
 import time

@@ -12,6 +12,7 @@ skipped are counted (``PoseFrame.dropped``).
 (or images) and JSON Lines, one line per frame (``pose_record``, ``read_json_lines``), each
 complete and readable up to the last frame processed, also when the run is interrupted.
 """
+
 import collections
 import dataclasses
 import json
@@ -109,7 +110,9 @@ class _NewestFrame:
             return item, self.dropped
 
 
-def stream_poses(runner, source, score_threshold=None, tracker="bytetrack", live=None, smoothing=None):
+def stream_poses(
+    runner, source, score_threshold=None, tracker="bytetrack", live=None, smoothing=None
+):
     """A generator of :class:`PoseFrame`, one per frame of ``source``, in order.
 
     Args:
@@ -131,7 +134,9 @@ def stream_poses(runner, source, score_threshold=None, tracker="bytetrack", live
         if isinstance(tracker, str):
             from .tracking import PoseTracker
 
-            tracker = PoseTracker(tracker, frame_rate=opened.frame_rate or 30.0, smoothing=smoothing)
+            tracker = PoseTracker(
+                tracker, frame_rate=opened.frame_rate or 30.0, smoothing=smoothing
+            )
     except BaseException:
         opened.close()
         raise
@@ -258,7 +263,9 @@ def read_json_lines(path):
                 raise ValueError(f"{path}:{number}: expected the fields {list(_RECORD_FIELDS)}")
             for person in record["people"]:
                 if sorted(person) != sorted(_PERSON_FIELDS) or len(person["box"]) != 4:
-                    raise ValueError(f"{path}:{number}: a person has not the fields {list(_PERSON_FIELDS)}")
+                    raise ValueError(
+                        f"{path}:{number}: a person has not the fields {list(_PERSON_FIELDS)}"
+                    )
             records.append(record)
     return records
 
@@ -304,7 +311,11 @@ class PoseWriter:
         if self._error is not None:
             raise self._error
         self._times.append(time.perf_counter())
-        fps = (len(self._times) - 1) / (self._times[-1] - self._times[0]) if len(self._times) > 1 else 0.0
+        fps = (
+            (len(self._times) - 1) / (self._times[-1] - self._times[0])
+            if len(self._times) > 1
+            else 0.0
+        )
         self._queue.put((frame, fps))
 
     def _run(self):

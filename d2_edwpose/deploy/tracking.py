@@ -9,6 +9,7 @@ One Euro filter per tracked person (Casiez, Roussel & Vogel, CHI 2012): a low-pa
 whose cut-off rises with the keypoint's speed, so that a still person stops jittering and a
 moving one lags little.
 """
+
 import math
 
 import numpy as np
@@ -23,7 +24,9 @@ TRACKERS_REQUIREMENT = "trackers==2.6.1"
 # while people overlap do not start tracks, and lower-scored boxes still continue tracks
 # through ByteTrack's second association. Chosen on synthetic clips other than those
 # reported (docs/video.md).
-TRACKER_OPTIONS = {"bytetrack": {"high_conf_det_threshold": 0.7, "track_activation_threshold": 0.95}}
+TRACKER_OPTIONS = {
+    "bytetrack": {"high_conf_det_threshold": 0.7, "track_activation_threshold": 0.95}
+}
 
 
 def _import_trackers():
@@ -95,16 +98,24 @@ class PoseTracker:
             defaults) to smooth each tracked person's keypoints.
     """
 
-    def __init__(self, tracker="bytetrack", frame_rate=30.0, lost_seconds=1.0, options=None, smoothing=None):
+    def __init__(
+        self, tracker="bytetrack", frame_rate=30.0, lost_seconds=1.0, options=None, smoothing=None
+    ):
         if tracker not in TRACKERS:
             raise ValueError(f"tracker={tracker!r}: expected one of {sorted(TRACKERS)}")
         trackers, self._supervision = _import_trackers()
         self.frame_rate = float(frame_rate or 30.0)
         # trackers counts the buffer in frames at 30 FPS and scales it by frame_rate.
-        options = {"minimum_consecutive_frames": 1, **TRACKER_OPTIONS.get(tracker, {}), **(options or {})}
+        options = {
+            "minimum_consecutive_frames": 1,
+            **TRACKER_OPTIONS.get(tracker, {}),
+            **(options or {}),
+        }
         try:
             self._tracker = getattr(trackers, TRACKERS[tracker])(
-                lost_track_buffer=max(1, round(30 * lost_seconds)), frame_rate=self.frame_rate, **options
+                lost_track_buffer=max(1, round(30 * lost_seconds)),
+                frame_rate=self.frame_rate,
+                **options,
             )
         except TypeError as e:
             raise ValueError(f"PoseTracker({tracker!r}, options={options}): {e}") from e

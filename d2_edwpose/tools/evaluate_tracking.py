@@ -16,6 +16,7 @@ error against the ground truth, px) and mean keypoint error (px), for visible ke
 matched people. Norfair (box IoU, and its keypoint voting) is compared when importable; the
 set-up does not install it (docs/video.md says why).
 """
+
 import argparse
 import json
 from pathlib import Path
@@ -69,22 +70,32 @@ def _norfair_tracker(kind, frame_height):
     except ImportError:
         return None
     if kind == "boxes":
-        tracker = norfair.Tracker(distance_function="iou", distance_threshold=0.7, hit_counter_max=30)
+        tracker = norfair.Tracker(
+            distance_function="iou", distance_threshold=0.7, hit_counter_max=30
+        )
     else:
         distance = create_keypoints_voting_distance(
             keypoint_distance_threshold=0.06 * frame_height, detection_threshold=0.1
         )
-        tracker = norfair.Tracker(distance_function=distance, distance_threshold=0.99, hit_counter_max=30)
+        tracker = norfair.Tracker(
+            distance_function=distance, distance_threshold=0.99, hit_counter_max=30
+        )
 
     def update(poses, timestamp):
         detections = []
-        for i, (box, score, keypoints) in enumerate(zip(poses["boxes"], poses["scores"], poses["keypoints"])):
+        for i, (box, score, keypoints) in enumerate(
+            zip(poses["boxes"], poses["scores"], poses["keypoints"])
+        ):
             if kind == "boxes":
                 detections.append(
-                    norfair.Detection(np.asarray(box, np.float64).reshape(2, 2), np.array([score, score]), data=i)
+                    norfair.Detection(
+                        np.asarray(box, np.float64).reshape(2, 2), np.array([score, score]), data=i
+                    )
                 )
             else:
-                detections.append(norfair.Detection(keypoints[:, :2].astype(np.float64), keypoints[:, 2], data=i))
+                detections.append(
+                    norfair.Detection(keypoints[:, :2].astype(np.float64), keypoints[:, 2], data=i)
+                )
         track_ids = np.full(len(detections), -1, dtype=np.int64)
         for tracked in tracker.update(detections):
             if any(tracked.last_detection is d for d in detections):
@@ -101,7 +112,9 @@ def _trackers(names, frame_rate, frame_height, smoothing=None, options=None):
     for name in names:
         if name in TRACKERS:
             tracker_options = (options or {}).get(name)
-            made[name] = PoseTracker(name, frame_rate=frame_rate, options=tracker_options, smoothing=smoothing).update
+            made[name] = PoseTracker(
+                name, frame_rate=frame_rate, options=tracker_options, smoothing=smoothing
+            ).update
         else:
             kind = name.split("-", 1)[1]
             update = _norfair_tracker(kind, frame_height)
@@ -147,7 +160,9 @@ def _keypoint_errors(truth_frames, tracked_frames):
             # The ground truth is in pixel indices, the runner's keypoints continuous (+0.5).
             error = found - (true[:, :2] + 0.5)
             error[true[:, 2] < 2] = np.nan
-            series = errors.setdefault(person["track_id"], np.full((len(truth_frames), *error.shape), np.nan))
+            series = errors.setdefault(
+                person["track_id"], np.full((len(truth_frames), *error.shape), np.nan)
+            )
             series[t] = error
     return errors
 
@@ -174,21 +189,37 @@ def evaluate(runner, clips, tracker_names, smoothing=None, score_threshold=None,
         frames = truth["frames"]
         detections = run_detections(runner, video, score_threshold)
         if len(detections) != len(frames):
-            raise RuntimeError(f"{video}: {len(detections)} frames read, the ground truth has {len(frames)}")
+            raise RuntimeError(
+                f"{video}: {len(detections)} frames read, the ground truth has {len(frames)}"
+            )
         info = truth["info"]
-        for name, update in _trackers(tracker_names, info["frame_rate"], info["height"], options=options).items():
+        for name, update in _trackers(
+            tracker_names, info["frame_rate"], info["height"], options=options
+        ).items():
             tracked = [update(poses, timestamp) for poses, timestamp in detections]
             clear, identity = track_metrics(frames, tracked)
-            total = totals.setdefault(name, {"IDTP": 0, "IDFP": 0, "IDFN": 0, "IDSW": 0, "TP": 0, "FP": 0, "FN": 0})
+            total = totals.setdefault(
+                name, {"IDTP": 0, "IDFP": 0, "IDFN": 0, "IDSW": 0, "TP": 0, "FP": 0, "FN": 0}
+            )
             for key in ("IDTP", "IDFP", "IDFN"):
                 total[key] += identity[key]
-            for key, field in (("IDSW", "IDSW"), ("TP", "CLR_TP"), ("FP", "CLR_FP"), ("FN", "CLR_FN")):
+            for key, field in (
+                ("IDSW", "IDSW"),
+                ("TP", "CLR_TP"),
+                ("FP", "CLR_FP"),
+                ("FN", "CLR_FN"),
+            ):
                 total[key] += clear[field]
             if name == "bytetrack":
                 smooth["without"].append(smoothing_effect(frames, tracked))
         if smoothing is not None:
             bytetrack_options = (options or {}).get("bytetrack")
-            update = PoseTracker("bytetrack", frame_rate=info["frame_rate"], options=bytetrack_options, smoothing=smoothing).update
+            update = PoseTracker(
+                "bytetrack",
+                frame_rate=info["frame_rate"],
+                options=bytetrack_options,
+                smoothing=smoothing,
+            ).update
             tracked = [update(poses, timestamp) for poses, timestamp in detections]
             smooth["with"].append(smoothing_effect(frames, tracked))
     results = {}
@@ -232,8 +263,12 @@ def format_results(results, clips, args, runner_name):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", required=True, help="ONNX export (python -m d2_edwpose.tools.export_model)")
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--model", required=True, help="ONNX export (python -m d2_edwpose.tools.export_model)"
+    )
     parser.add_argument("--runtime", help="the runner's runtime (default: the first installed)")
     parser.add_argument("--precision", default="fp32")
     parser.add_argument(
@@ -243,7 +278,10 @@ def main(argv=None):
     )
     parser.add_argument("--clips", type=int, default=8)
     parser.add_argument(
-        "--first-seed", type=int, default=0, help="the clips' seeds follow it (tune on others than reported)"
+        "--first-seed",
+        type=int,
+        default=0,
+        help="the clips' seeds follow it (tune on others than reported)",
     )
     parser.add_argument("--frames", type=int, default=90)
     parser.add_argument("--size", type=int, nargs=2, default=(640, 360), metavar=("W", "H"))
@@ -279,11 +317,18 @@ def main(argv=None):
     width, height = args.size
     clips = [
         generate_synthetic_clip(
-            Path(args.output, f"crossing_{seed:03d}.mp4"), args.frames, width, height, args.people, seed
+            Path(args.output, f"crossing_{seed:03d}.mp4"),
+            args.frames,
+            width,
+            height,
+            args.people,
+            seed,
         )
         for seed in range(args.first_seed, args.first_seed + args.clips)
     ]
-    results = evaluate(runner, clips, args.trackers, {}, args.score_threshold, {"bytetrack": options})
+    results = evaluate(
+        runner, clips, args.trackers, {}, args.score_threshold, {"bytetrack": options}
+    )
     print(format_results(results, clips, args, f"{runner.runtime} {runner.precision}"))
     return results
 

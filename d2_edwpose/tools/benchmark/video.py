@@ -15,6 +15,7 @@ threads). It reports:
 
 The rows of one size are run in interleaved rounds, one run of each per round.
 """
+
 import statistics
 import tempfile
 import time
@@ -27,7 +28,13 @@ import torch
 from d2_edwpose.data.synthetic import generate_synthetic_clip
 
 from .deploy import deploy_rows, deploy_runners
-from .timing import build_benchmark_model, describe_cpu, fix_num_detections, p10_p90, runtime_settings
+from .timing import (
+    build_benchmark_model,
+    describe_cpu,
+    fix_num_detections,
+    p10_p90,
+    runtime_settings,
+)
 
 __all__ = ["STAGES", "format_video_table", "run_video"]
 
@@ -154,7 +161,10 @@ def run_video(args, models):
                         "dropped": dropped, "frames": len(latencies) + dropped, "stages": stages,
                     }
                 )  # fmt: skip
-                print(f"{key} {size}: {rows[-1]['fps']:.1f} FPS, {rows[-1]['latency_ms']:.0f} ms", flush=True)
+                print(
+                    f"{key} {size}: {rows[-1]['fps']:.1f} FPS, {rows[-1]['latency_ms']:.0f} ms",
+                    flush=True,
+                )
     return rows
 
 
@@ -171,7 +181,9 @@ def format_video_table(rows, args):
     ]
     for r in rows:
         total = sum(r["stages"].values())
-        shares = " | ".join(f"{r['stages'][s]:.1f} ({100 * r['stages'][s] / total:.0f} %)" for s in STAGES)
+        shares = " | ".join(
+            f"{r['stages'][s]:.1f} ({100 * r['stages'][s] / total:.0f} %)" for s in STAGES
+        )
         lines.append(
             f"| {r['model']} | {r['runtime']} {r['precision']} | {r['size']} | {r['fps']:.1f} "
             f"({r['fps_p10']:.1f}–{r['fps_p90']:.1f}) | {r['latency_ms']:.0f} / {r['latency_p90_ms']:.0f} ms "

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from detectron2.data import DatasetCatalog, MetadataCatalog
+from detectron2.data import DatasetCatalog
 from detectron2.data.datasets import register_coco_instances
 from detectron2.data.datasets.builtin_meta import _get_builtin_metadata
 from detectron2.data.detection_utils import check_image_size, read_image
@@ -29,7 +29,8 @@ from d2_edwpose.data.synthetic import generate_synthetic_keypoints
 from d2_edwpose.data.synthetic.generation import split_paths
 from d2_edwpose.engine import Trainer
 
-from test_real_data import COCO_JSON, write_config
+from conftest import write_config
+from test_real_data import COCO_JSON
 from test_reliability import (  # noqa: F401  (one_thread: a fixture)
     SINGLE_THREAD,
     WITH_FAULTS,
@@ -38,6 +39,8 @@ from test_reliability import (  # noqa: F401  (one_thread: a fixture)
     read_batches,
 )
 from test_train_net import run_train_net
+
+pytestmark = pytest.mark.usefixtures("unregister_test_datasets")
 
 EXIF_ORIENTATION = 0x0112
 # The entries make_bad_copy adds, by what is wrong with them; and those detectron2 reads.
@@ -109,15 +112,6 @@ def register(name, json_file, image_root):
         name, _get_builtin_metadata("coco_person"), str(json_file), str(image_root)
     )
     return name
-
-
-@pytest.fixture(autouse=True)
-def unregister_test_datasets():
-    before = set(DatasetCatalog.list())
-    yield
-    for name in set(DatasetCatalog.list()) - before:
-        DatasetCatalog.remove(name)
-        MetadataCatalog.remove(name)
 
 
 @pytest.fixture(scope="module")

@@ -15,18 +15,12 @@ from .layers import CONV_TYPES, is_valid_expand_factor
 
 __all__ = [
     "CONV_TYPES",
-    "IMAGE_SCAN_BAD_ENTRIES",
     "add_edwpose_config",
     "check_fixed_size_config",
-    "check_image_scan_config",
     "check_mobilenetv3_config",
     "conv_type_arguments",
     "validate_edwpose_config",
 ]
-
-
-# What DATASETS.IMAGE_SCAN.BAD_ENTRIES can say.
-IMAGE_SCAN_BAD_ENTRIES = ("error", "drop")
 
 
 def add_edwpose_config(cfg):
@@ -127,17 +121,6 @@ def check_fixed_size_config(cfg):
     )
 
 
-def check_image_scan_config(cfg):
-    """Check DATASETS.IMAGE_SCAN, which d2_edwpose.data.image_scan.ImageScan reads."""
-    bad_entries = cfg.DATASETS.IMAGE_SCAN.BAD_ENTRIES
-    _check(
-        "DATASETS.IMAGE_SCAN.BAD_ENTRIES",
-        bad_entries,
-        bad_entries in IMAGE_SCAN_BAD_ENTRIES,
-        "'error' (stop before training, listing them) or 'drop' (leave them out, with a warning)",
-    )
-
-
 def check_mobilenetv3_config(cfg, *, fpn=False):
     """Check what the MobileNetV3 backbone builders read: MODEL.MOBILENETV3,
     MODEL.BACKBONE.FREEZE_AT and, with ``fpn``, that MODEL.FPN.IN_FEATURES are outputs."""
@@ -224,7 +207,6 @@ def validate_edwpose_config(cfg):
     from .modeling.roi_heads.keypoint_head import KRCNNConfigurableConvDeconvUpsampleHead
 
     check_fixed_size_config(cfg)
-    check_image_scan_config(cfg)
     backbone = cfg.MODEL.BACKBONE.NAME
     if backbone in BACKBONE_NAMES:
         check_mobilenetv3_config(cfg, fpn=backbone == "build_mobilenetv3_fpn_backbone")

@@ -22,7 +22,6 @@ from detectron2.data.datasets.builtin_meta import _get_builtin_metadata
 from detectron2.data.detection_utils import check_image_size, read_image
 from detectron2.engine import HookBase
 
-from d2_edwpose.config import validate_edwpose_config
 from d2_edwpose.data.checks import SampleLoadError
 from d2_edwpose.data.image_scan import ImageScan, ImageScanError, scan_images
 from d2_edwpose.data.synthetic import generate_synthetic_keypoints
@@ -288,7 +287,7 @@ def test_bad_entries_are_an_error_listing_them_or_left_out_with_one_warning(tmp_
 
 def test_an_unknown_bad_entries_value_names_the_key():
     with pytest.raises(ValueError, match=r"DATASETS.IMAGE_SCAN.BAD_ENTRIES='skip' is invalid"):
-        validate_edwpose_config(demo_cfg("DATASETS.IMAGE_SCAN.BAD_ENTRIES", "skip"))
+        ImageScan.from_config(demo_cfg("DATASETS.IMAGE_SCAN.BAD_ENTRIES", "skip"))
 
 
 # ----------------------------------------------------------------------------- in a run

@@ -37,7 +37,6 @@ from detectron2.data.detection_utils import convert_PIL_to_numpy
 from detectron2.utils import comm
 
 from ..atomic_files import atomic_open
-from ..config import IMAGE_SCAN_BAD_ENTRIES, check_image_scan_config
 
 __all__ = [
     "ImageScan",
@@ -58,6 +57,8 @@ _PNG_SIGNATURE_SIZE = 8
 
 # Bump when what is cached, or how it is found, changes: older cache files are then ignored.
 _CACHE_VERSION = 1
+# What to do with bad entries (DATASETS.IMAGE_SCAN.BAD_ENTRIES).
+BAD_ENTRIES = ("error", "drop")
 # Files per task of the worker pool, and the fewest files worth starting the pool for.
 _CHUNK_SIZE = 256
 _PARALLEL_MIN_FILES = 2 * _CHUNK_SIZE
@@ -427,9 +428,11 @@ class ImageScan:
             cache_dir (str): folder of the cache files; "" for :func:`default_cache_dir`.
             report_dir (str or None): folder of the report files; None: no report.
         """
-        if bad_entries not in IMAGE_SCAN_BAD_ENTRIES:
+        if bad_entries not in BAD_ENTRIES:
             raise ValueError(
-                f"bad_entries={bad_entries!r} is invalid: expected one of {IMAGE_SCAN_BAD_ENTRIES}"
+                f"DATASETS.IMAGE_SCAN.BAD_ENTRIES={bad_entries!r} is invalid (ImageScan's "
+                "bad_entries): expected 'error' (stop before training, listing them) or 'drop' "
+                "(leave them out, with a warning)"
             )
         self.enabled = enabled
         self.bad_entries = bad_entries
@@ -440,7 +443,6 @@ class ImageScan:
 
     @classmethod
     def from_config(cls, cfg):
-        check_image_scan_config(cfg)
         scan = cfg.DATASETS.IMAGE_SCAN
         return cls(
             enabled=scan.ENABLED,

@@ -24,7 +24,7 @@ from d2_edwpose.deploy.__main__ import main as runner_main
 from d2_edwpose.deploy.drawing import draw_poses, skeleton_edges
 from d2_edwpose.deploy.sources import SourceError, open_source
 from d2_edwpose.deploy.streaming import _END, _NewestFrame, pose_record, read_json_lines
-from d2_edwpose.deploy.tracking import OneEuroFilter, PoseTracker
+from d2_edwpose.deploy.tracking import OneEuroFilter, PoseTracker, parse_tracker_options
 from d2_edwpose.export import export_onnx
 from d2_edwpose.tools.evaluate_tracking import track_metrics
 
@@ -219,12 +219,14 @@ def test_command_writes_a_video_and_json_lines_that_round_trip(
     exported, runner, crossing, tmp_path
 ):
     video, _ = crossing
+    options = [f"{key}={value}" for key, value in BRIEF_MODEL_TRACKER_OPTIONS.items()]
     (summary,) = runner_main(
-        [str(exported), str(video), "--output", str(tmp_path), "--threads", "1"]
-    )
+        [str(exported), str(video), "--output", str(tmp_path), "--threads", "1",
+         "--tracker-options", *options]
+    )  # fmt: skip
     assert summary["frames"] == 45 and summary["dropped"] == 0
     records = read_json_lines(tmp_path / "crossing.jsonl")
-    expected = list(runner.stream(str(video)))
+    expected = list(runner.stream(str(video), tracker_options=BRIEF_MODEL_TRACKER_OPTIONS))
     assert records == [json.loads(json.dumps(pose_record(f))) for f in expected]
     assert {p["track_id"] for r in records for p in r["people"]} - {None}
     assert records[1]["timestamp"] == pytest.approx(1 / 30) and records[0]["width"] == 640
@@ -316,3 +318,13 @@ def test_interrupted_run_leaves_a_playable_video_and_valid_json_lines(exported, 
     records = read_json_lines(lines)
     assert 5 <= len(records) < 150
     assert len(_decoded(output / "long.mp4")) == len(records)
+
+
+def test_tracker_options_are_key_number_pairs():
+    assert parse_tracker_options(["track_activation_threshold=0.7", "lost_track_buffer=60"]) == {
+        "track_activation_threshold": 0.7,
+        "lost_track_buffer": 60,
+    }
+    for malformed in ("track_activation_threshold", "=0.7", "track_activation_threshold=high"):
+        with pytest.raises(ValueError, match="expected KEY=NUMBER"):
+            parse_tracker_options([malformed])

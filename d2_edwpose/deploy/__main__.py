@@ -4,6 +4,7 @@
     python -m d2_edwpose.deploy model.onnx photo.jpg photos/ 0 rtsp://camera/stream [...]
         [--runtime openvino|onnxruntime] [--precision fp32|bf16] [--score-threshold 0.5]
         [--threads N] [--tracker bytetrack|ocsort|sort | --no-track] [--smooth] [--live]
+        [--tracker-options KEY=VALUE ...]
 
 (``python -m FOLDER ...`` for a copy of this folder, e.g. ``python -m pose_runner ...``.)
 A source is an image file, a folder of images, a video file, a camera index (``0``) or a
@@ -23,10 +24,13 @@ import statistics
 import sys
 import time
 
+import cv2
+
+from .drawing import draw_poses
 from .onnx_pose_runner import PRECISIONS, RUNTIMES, OnnxPoseRunner
 from .sources import open_source
 from .streaming import PoseWriter, pose_record
-from .tracking import TRACKERS
+from .tracking import TRACKERS, parse_tracker_options
 
 
 def output_stem(name):
@@ -88,6 +92,14 @@ def main(argv=None):
     parser.add_argument("--tracker", choices=sorted(TRACKERS), default="bytetrack")
     parser.add_argument("--no-track", action="store_true", help="no track ids")
     parser.add_argument(
+        "--tracker-options",
+        nargs="+",
+        default=[],
+        metavar="KEY=VALUE",
+        help="the tracker's arguments over d2_edwpose.deploy.tracking.TRACKER_OPTIONS, e.g. "
+        "track_activation_threshold=0.7 for a model that seldom scores a person 0.95",
+    )
+    parser.add_argument(
         "--smooth", action="store_true", help="smooth each tracked person's keypoints (One Euro)"
     )
     parser.add_argument(
@@ -98,6 +110,12 @@ def main(argv=None):
     args = parser.parse_args(argv)
     if args.smooth and args.no_track:
         parser.error("--smooth smooths tracked people: it needs tracking (drop --no-track)")
+    if args.tracker_options and args.no_track:
+        parser.error("--tracker-options set the tracker: drop --no-track")
+    try:
+        args.tracker_options = parse_tracker_options(args.tracker_options)
+    except ValueError as e:
+        parser.error(f"--tracker-options {e}")
 
     # Every source is opened, and every output checked, before anything is written.
     try:
@@ -123,8 +141,6 @@ def main(argv=None):
         for source in sources:
             source.close()
         if args.show:
-            import cv2
-
             cv2.destroyAllWindows()
     return summaries
 
@@ -141,7 +157,13 @@ def _run(runner, source, args, edges):
         )
     frames, latencies, dropped = 0, [], 0
     start = time.perf_counter()
-    stream = runner.stream(source, args.score_threshold, tracker, smoothing=smoothing)
+    stream = runner.stream(
+        source,
+        args.score_threshold,
+        tracker,
+        smoothing=smoothing,
+        tracker_options=args.tracker_options,
+    )
     try:
         for frame in stream:
             frames += 1
@@ -178,10 +200,6 @@ def _run(runner, source, args, edges):
 
 def _show(writer, frame, edges):
     """Show the newest drawn frame; False when the window asks to stop (q or Esc)."""
-    import cv2
-
-    from .drawing import draw_poses
-
     drawn = writer.drawn if writer is not None else None
     if drawn is None:
         drawn = draw_poses(frame.image, frame.poses, edges)

@@ -27,8 +27,10 @@ from .export_contract import (
     check_signature,
     parse_metadata,
 )
+from .drawing import skeleton_edges
 from .interpolation import resize_bicubic, resize_bilinear_antialiased
 from .runtimes import PRECISIONS, RUNTIMES, available_runtimes, cpu_supports_bf16, load_graph
+from .streaming import stream_poses
 
 __all__ = [
     "ExportedModelError",
@@ -188,7 +190,15 @@ class OnnxPoseRunner:
         outputs = self.run_graph(self.preprocess(image))
         return self.postprocess(outputs, image.shape[:2], score_threshold)
 
-    def stream(self, source, score_threshold=None, tracker="bytetrack", live=None, smoothing=None):
+    def stream(
+        self,
+        source,
+        score_threshold=None,
+        tracker="bytetrack",
+        live=None,
+        smoothing=None,
+        tracker_options=None,
+    ):
         """The poses of every frame of ``source`` (an image file, a folder, a video file, a
         camera index, a stream URL), as a generator of :class:`~.streaming.PoseFrame`
         (``index``, ``timestamp``, ``poses`` with ``track_ids``, ``latency``, ...), with
@@ -198,12 +208,10 @@ class OnnxPoseRunner:
             for frame in runner.stream("clip.mp4"):
                 frame.index, frame.timestamp, frame.poses["track_ids"], frame.poses["keypoints"]
         """
-        from .streaming import stream_poses
-
-        return stream_poses(self, source, score_threshold, tracker, live, smoothing)
+        return stream_poses(
+            self, source, score_threshold, tracker, live, smoothing, tracker_options
+        )
 
     def skeleton(self):
         """The skeleton to draw: (index_a, index_b, BGR colour) per connection rule."""
-        from .drawing import skeleton_edges
-
         return skeleton_edges(self.keypoint_names, self.keypoint_connection_rules)

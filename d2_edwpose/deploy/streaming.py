@@ -26,6 +26,7 @@ import numpy as np
 
 from .drawing import draw_poses
 from .sources import open_source
+from .tracking import PoseTracker
 
 __all__ = ["PoseFrame", "PoseWriter", "pose_record", "read_json_lines", "stream_poses"]
 
@@ -111,7 +112,13 @@ class _NewestFrame:
 
 
 def stream_poses(
-    runner, source, score_threshold=None, tracker="bytetrack", live=None, smoothing=None
+    runner,
+    source,
+    score_threshold=None,
+    tracker="bytetrack",
+    live=None,
+    smoothing=None,
+    tracker_options=None,
 ):
     """A generator of :class:`PoseFrame`, one per frame of ``source``, in order.
 
@@ -123,7 +130,8 @@ def stream_poses(
         tracker: a name of :data:`~.tracking.TRACKERS`, a :class:`~.tracking.PoseTracker`, or
             None for no track ids.
         live: as for :func:`~.sources.open_source`.
-        smoothing: with a tracker name, :class:`~.tracking.PoseTracker`'s ``smoothing``.
+        smoothing, tracker_options: with a tracker name, :class:`~.tracking.PoseTracker`'s
+            ``smoothing`` and ``options``.
 
     The source is opened (and the tracker built) when this is called, so that a source that
     cannot be read is an error here, before the first frame. Closing the generator (leaving
@@ -132,10 +140,11 @@ def stream_poses(
     opened = source if hasattr(source, "read") else open_source(source, live)
     try:
         if isinstance(tracker, str):
-            from .tracking import PoseTracker
-
             tracker = PoseTracker(
-                tracker, frame_rate=opened.frame_rate or 30.0, smoothing=smoothing
+                tracker,
+                frame_rate=opened.frame_rate or 30.0,
+                options=tracker_options,
+                smoothing=smoothing,
             )
     except BaseException:
         opened.close()

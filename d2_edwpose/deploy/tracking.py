@@ -14,7 +14,7 @@ import math
 
 import numpy as np
 
-__all__ = ["TRACKERS", "TRACKER_OPTIONS", "OneEuroFilter", "PoseTracker"]
+__all__ = ["TRACKERS", "TRACKER_OPTIONS", "OneEuroFilter", "PoseTracker", "parse_tracker_options"]
 
 # trackers' classes by name; "bytetrack" is the default (docs/video.md has the comparison).
 TRACKERS = {"bytetrack": "ByteTrackTracker", "ocsort": "OCSORTTracker", "sort": "SORTTracker"}
@@ -27,6 +27,21 @@ TRACKERS_REQUIREMENT = "trackers==2.6.1"
 TRACKER_OPTIONS = {
     "bytetrack": {"high_conf_det_threshold": 0.7, "track_activation_threshold": 0.95}
 }
+
+
+def parse_tracker_options(options):
+    """The tracker's keyword arguments of command-line ``KEY=NUMBER`` strings (e.g.
+    ``track_activation_threshold=0.7``); ValueError naming one that is not of that form."""
+    parsed = {}
+    for option in options:
+        key, sep, value = option.partition("=")
+        try:
+            parsed[key] = int(value) if value.isdigit() else float(value)
+        except ValueError:
+            sep = ""
+        if not sep or not key:
+            raise ValueError(f"{option!r}: expected KEY=NUMBER")
+    return parsed
 
 
 def _import_trackers():

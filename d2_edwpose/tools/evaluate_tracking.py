@@ -25,7 +25,7 @@ import numpy as np
 
 from d2_edwpose.data.synthetic import generate_synthetic_clip
 from d2_edwpose.deploy import OnnxPoseRunner
-from d2_edwpose.deploy.tracking import TRACKERS, PoseTracker
+from d2_edwpose.deploy.tracking import TRACKERS, PoseTracker, parse_tracker_options
 
 __all__ = ["evaluate", "main", "run_detections", "track_metrics"]
 
@@ -302,15 +302,10 @@ def main(argv=None):
         "track_activation_threshold=0.7",
     )
     args = parser.parse_args(argv)
-    options = {}
-    for option in args.bytetrack_options:
-        key, sep, value = option.partition("=")
-        try:
-            options[key] = int(value) if value.isdigit() else float(value)
-        except ValueError:
-            sep = ""
-        if not sep:
-            parser.error(f"--bytetrack-options {option!r}: expected KEY=NUMBER")
+    try:
+        options = parse_tracker_options(args.bytetrack_options)
+    except ValueError as e:
+        parser.error(f"--bytetrack-options {e}")
     runner = OnnxPoseRunner(args.model, runtime=args.runtime, precision=args.precision)
     if args.score_threshold is None:
         args.score_threshold = runner.score_threshold

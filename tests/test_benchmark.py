@@ -31,6 +31,7 @@ from d2_edwpose.tools.benchmark.timing import (
     describe_cpu,
     fix_num_detections,
     measure_latency,
+    p10_p90,
     time_interleaved,
 )
 
@@ -237,3 +238,27 @@ def test_dataset_mode_logs_detectron2s_inference_timer(tmp_path, restore_synthet
     for configs in ([], [config, config]):
         with pytest.raises(SystemExit):
             main([*configs, "--dataset", "synthetic_keypoints_val"])
+
+
+@pytest.mark.parametrize("values", [[20.0, 60.0], [49.2, 49.3, 52.9], [5.0, 1.0, 3.0, 2.0, 4.0]])
+def test_the_spread_lies_within_the_rounds(values):
+    low, high = p10_p90(values)
+    assert min(values) <= low <= high <= max(values)
+
+
+def test_video_mode_times_each_frame_size_end_to_end():
+    rows = main(
+        ["--video", "synthetic", "--deploy", "openvino:fp32", "--video-sizes", "320x240",
+         "640x360", "--video-frames", "6", "--num-people", "3", "--warmup", "0", "--repeats", "2"]
+    )  # fmt: skip
+    assert [(r["model"], r["runtime"], r["precision"], r["size"]) for r in rows] == [
+        ("keypoint_rcnn_mv3_fpn_320_realtime", "openvino", "fp32", "320×240"),
+        ("keypoint_rcnn_mv3_fpn_320_realtime", "openvino", "fp32", "640×360"),
+    ]
+    for r in rows:
+        assert r["frames"] == 6 and 0 < r["fps_p10"] <= r["fps"] <= r["fps_p90"]
+        assert set(r["stages"]) == {
+            "decode", "pre-processing", "graph", "post-processing", "tracking", "drawing",
+            "encoding",
+        }  # fmt: skip
+        assert all(ms > 0 for ms in r["stages"].values())

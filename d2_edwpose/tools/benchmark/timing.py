@@ -101,10 +101,12 @@ RUNTIME_SETTINGS = ("OMP_NUM_THREADS", "OMP_WAIT_POLICY", "GLIBC_TUNABLES")
 
 def p10_p90(values):
     """The 10th and 90th percentiles of ``values``, the spread every table of the benchmark
-    states (one value: itself twice)."""
+    states (one value: itself twice), interpolated between the values: never outside the
+    fastest and the slowest round (statistics' default method extrapolates beyond them for
+    few rounds, to a negative FPS for two)."""
     if len(values) < 2:
         return values[0], values[0]
-    deciles = statistics.quantiles(values, n=10)
+    deciles = statistics.quantiles(values, n=10, method="inclusive")
     return deciles[0], deciles[-1]
 
 

@@ -37,6 +37,7 @@ from detectron2.data.detection_utils import convert_PIL_to_numpy
 from detectron2.utils import comm
 
 from ..atomic_files import atomic_open
+from ..image_files import TRANSPOSING_ORIENTATIONS, exif_orientation
 
 __all__ = [
     "ImageScan",
@@ -48,10 +49,6 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-# EXIF "Orientation" values for which detectron2's _apply_exif_orientation transposes the
-# image (TRANSPOSE, ROTATE_270, TRANSVERSE, ROTATE_90), so that width and height swap.
-_EXIF_ORIENTATION_TAG = 0x0112
-_TRANSPOSING_ORIENTATIONS = (5, 6, 7, 8)
 _JPEG_END = b"\xff\xd9"
 _PNG_SIGNATURE_SIZE = 8
 
@@ -116,16 +113,6 @@ def _stat_key(stat):
     return [stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns]
 
 
-def _exif_orientation(image):
-    """The EXIF orientation detectron2's ``_apply_exif_orientation`` reads (0 for none): an EXIF
-    block that cannot be parsed counts as none, as there."""
-    try:
-        orientation = image.getexif().get(_EXIF_ORIENTATION_TAG)
-    except Exception:
-        return 0
-    return orientation if isinstance(orientation, int) and 1 <= orientation <= 8 else 0
-
-
 def _png_chunk_types(f):
     """The chunk types of a PNG file, from the chunk headers alone, up to IEND or to where the
     file stops."""
@@ -187,8 +174,8 @@ def _scan_file(path, full_decode, image_format):
             except Exception as e:
                 return key, None, f"truncated or corrupt: {type(e).__name__}: {e}"
         has_exif = image.format != "PNG" or "exif" in image.info
-        orientation = _exif_orientation(image) if has_exif else 0
-    if orientation in _TRANSPOSING_ORIENTATIONS:
+        orientation = exif_orientation(image) if has_exif else 0
+    if orientation in TRANSPOSING_ORIENTATIONS:
         width, height = height, width
     return key, [width, height, orientation], None
 
@@ -274,7 +261,7 @@ def _size_problem(record, size, orientation):
     if expected == (width, height):
         return None
     says = f"the record says {expected[0]}x{expected[1]}"
-    if expected == (height, width) and orientation in _TRANSPOSING_ORIENTATIONS:
+    if expected == (height, width) and orientation in TRANSPOSING_ORIENTATIONS:
         return (
             f"size: {says}, the file's size before its EXIF orientation {orientation}, which "
             f"detectron2 applies: it reads the image as {width}x{height} (width x height); set "

@@ -33,7 +33,12 @@ import yaml
 from PIL import Image
 
 from ..atomic_files import atomic_open
-from ..image_files import IMAGE_SUFFIXES, is_image_file
+from ..image_files import (
+    IMAGE_SUFFIXES,
+    TRANSPOSING_ORIENTATIONS,
+    exif_orientation,
+    is_image_file,
+)
 from .coco_categories import keypoint_set_from_categories
 
 __all__ = ["coco_to_yolo_pose", "read_yolo_pose_yaml", "yolo_pose_to_coco"]
@@ -41,9 +46,6 @@ __all__ = ["coco_to_yolo_pose", "read_yolo_pose_yaml", "yolo_pose_to_coco"]
 logger = logging.getLogger(__name__)
 
 _SPLITS = ("train", "val", "test")
-# EXIF orientations that turn an image by 90 degrees: its width and height swap when shown.
-_TRANSPOSING_ORIENTATIONS = {5, 6, 7, 8}
-_EXIF_ORIENTATION = 0x0112
 
 
 def _names_by_class(value, key, yaml_file):
@@ -184,10 +186,10 @@ def image_size(path):
     try:
         with Image.open(path) as image:
             width, height = image.size
-            orientation = image.getexif().get(_EXIF_ORIENTATION)
+            orientation = exif_orientation(image)
     except OSError as e:
         raise ValueError(f"{path}: cannot read it as an image: {e}") from e
-    if orientation in _TRANSPOSING_ORIENTATIONS:
+    if orientation in TRANSPOSING_ORIENTATIONS:
         width, height = height, width
     return width, height
 

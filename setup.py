@@ -25,7 +25,7 @@ setup(
         "matplotlib",
         "setuptools>=64,<81",
     ],
-    # ONNX export and INT8 quantization (d2_edwpose.export, d2_edwpose.quantization), the
+    # ONNX export and INT8 quantization (d2_edwpose.export, d2_edwpose.export.quantization), the
     # runner's two runtimes and its tracking (d2_edwpose/deploy/).
     extras_require={"export": ["onnx", "onnxruntime", "openvino", "trackers==2.6.1"]},
 )

@@ -19,8 +19,7 @@ from detectron2.engine import default_argument_parser, default_setup, launch
 from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 
-from d2_edwpose.checkpoint import AtomicValidatingCheckpointer
-from d2_edwpose.config import validate_edwpose_config
+from d2_edwpose.engine.checkpoint import AtomicValidatingCheckpointer
 from d2_edwpose.modeling.cpu_inference import optimize_for_inference
 
 
@@ -29,7 +28,6 @@ def setup(args):
     add_edwpose_config(cfg)
     cfg.merge_from_file(args.config_file)
     cfg.merge_from_list(args.opts)
-    validate_edwpose_config(cfg)
     cfg.freeze()
     default_setup(cfg, args)
     setup_logger(cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="d2_edwpose")

@@ -59,7 +59,7 @@ DETECTRON2_RUNTIME_REQUIREMENTS = [
 # detectron2 0.6 imports pkg_resources, which setuptools 81 removed.
 # (>= 64: recursive globs in package_data and PEP 660 editable installs.)
 # onnx, onnxruntime and openvino: ONNX export, INT8 quantization and the two runtimes of the
-# runner (d2_edwpose/export.py, quantization.py, deploy/); trackers (Roboflow's, torch-free):
+# runner (d2_edwpose/export/tracing.py, quantization.py, deploy/); trackers (Roboflow's, torch-free):
 # the runner's and the demo's tracking, and its evaluation (deploy/tracking.py).
 PROJECT_REQUIREMENTS = [
     "setuptools>=64,<81", "opencv-python", "pytest", "onnx", "onnxruntime", "openvino",

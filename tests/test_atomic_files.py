@@ -3,7 +3,7 @@ import cv2
 import numpy as np
 import pytest
 
-from d2_edwpose.atomic_files import atomic_open, atomic_path
+from d2_edwpose.utils.atomic_files import atomic_open, atomic_path
 
 
 def test_atomic_write_leaves_the_previous_file_when_the_writer_fails(tmp_path):

@@ -9,7 +9,7 @@ from detectron2.modeling.roi_heads.box_head import FastRCNNConvFCHead, build_box
 from detectron2.utils.events import EventStorage
 
 from d2_edwpose import add_edwpose_config
-from d2_edwpose.layers import DWConv, EDWConv
+from d2_edwpose.modeling.layers import DWConv, EDWConv
 from d2_edwpose.modeling.roi_heads import FastRCNNConfigurableConvFCHead
 from d2_edwpose.tools.analyze_model import REALTIME_CONFIG, analyze, load_config
 
@@ -50,18 +50,6 @@ def test_separable_convs_replace_the_stock_convs(conv_type, expand_factor):
     assert head(x).shape == (6, 256) and head.output_shape.channels == 256
     assert (head(x) >= 0).all()  # ends with the fc ReLU
     assert head(torch.zeros(0, 128, 7, 7)).shape == (0, 256)
-
-
-def test_former_name_builds_the_same_head():
-    # Configs written before the rename name FastRCNNSeparableConvFCHead.
-    from d2_edwpose.modeling.roi_heads import FastRCNNSeparableConvFCHead
-
-    assert FastRCNNSeparableConvFCHead is FastRCNNConfigurableConvFCHead
-    cfg = box_cfg("dw")
-    cfg.MODEL.ROI_BOX_HEAD.NAME = "FastRCNNSeparableConvFCHead"
-    head = build_box_head(cfg, ROI_SHAPE)
-    assert type(head) is FastRCNNConfigurableConvFCHead
-    assert [type(m) for m in head.conv_norm_relus] == [DWConv, DWConv]
 
 
 def test_vanilla_is_the_stock_head():

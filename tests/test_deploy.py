@@ -17,9 +17,9 @@ from detectron2.structures import pairwise_iou, Boxes
 from d2_edwpose.data.synthetic import register_synthetic_keypoints
 from d2_edwpose.deploy import onnx_pose_runner, runtimes
 from d2_edwpose.deploy.onnx_pose_runner import OnnxPoseRunner
-from d2_edwpose.evaluation import KeypointCOCOEvaluator
+from d2_edwpose.engine.evaluation import KeypointCOCOEvaluator
 from d2_edwpose.export import export_onnx, pytorch_poses
-from d2_edwpose.quantization import FLOAT_LAYERS, calibration_images, quantize_int8
+from d2_edwpose.export.quantization import FLOAT_LAYERS, calibration_images, quantize_int8
 from d2_edwpose.tools import evaluate_export, export_model
 
 from conftest import DEMO_CONFIG as CONFIG

@@ -32,9 +32,9 @@ from d2_edwpose.export import (
     export_torchscript,
     load_torchscript,
 )
-from d2_edwpose.layers import EDWConv
-from d2_edwpose.modeling.meta_arch import resize_to_fixed_size
 from d2_edwpose.modeling.cpu_inference import optimize_for_inference
+from d2_edwpose.modeling.layers import EDWConv
+from d2_edwpose.modeling.meta_arch import resize_to_fixed_size
 from d2_edwpose.tools import export_model
 from d2_edwpose.tools.analyze_model import load_config
 from d2_edwpose.tools.benchmark import (

@@ -18,7 +18,7 @@ from detectron2.utils.events import EventStorage
 
 import d2_edwpose.modeling  # noqa: F401 (registers the head)
 from d2_edwpose.config import add_edwpose_config
-from d2_edwpose.layers import DWConv, EDWConv, conv_class_of_type
+from d2_edwpose.modeling.layers import DWConv, EDWConv, conv_class_of_type
 from d2_edwpose.modeling.roi_heads import KRCNNConfigurableConvDeconvUpsampleHead
 
 HEAD_NAME = "KRCNNConfigurableConvDeconvUpsampleHead"
@@ -165,18 +165,6 @@ def test_vanilla_head_has_the_stock_heads_parameters(conv_dims):
     }
     assert num_parameters(head) == num_parameters(stock)
     assert num_parameters(head) == expected_num_parameters("vanilla", conv_dims, None)
-
-
-def test_former_name_builds_the_same_head():
-    # Configs written before the rename name KRCNNSeparableConvDeconvUpsampleHead.
-    from d2_edwpose.modeling.roi_heads import KRCNNSeparableConvDeconvUpsampleHead
-
-    assert KRCNNSeparableConvDeconvUpsampleHead is KRCNNConfigurableConvDeconvUpsampleHead
-    cfg = keypoint_cfg("dw", (128,) * 2)
-    cfg.MODEL.ROI_KEYPOINT_HEAD.NAME = "KRCNNSeparableConvDeconvUpsampleHead"
-    head = build_keypoint_head(cfg, ROI_SHAPE)
-    assert type(head) is KRCNNConfigurableConvDeconvUpsampleHead
-    assert type(head.conv_fcn1) is DWConv
 
 
 @pytest.mark.parametrize("conv_type, expand_factor", [("dw", 1), ("dw", 3), ("edw", 2), ("edw", 3)])

@@ -13,8 +13,8 @@ import torchvision
 from torch import nn
 
 import d2_edwpose.modeling.backbone  # noqa: F401 (registers the backbones)
-from d2_edwpose.torchvision_weights import convert_torchvision_mobilenetv3
 from d2_edwpose.config import add_edwpose_config
+from d2_edwpose.modeling.backbone.torchvision_weights import convert_torchvision_mobilenetv3
 from d2_edwpose.tools.convert_torchvision_mobilenetv3 import main as convert_main
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.config import get_cfg
@@ -302,8 +302,8 @@ def test_random_initialisation_is_torchvisions():
     ],
 )  # fmt: skip
 def test_invalid_config(key, value, message):
-    # The builder runs validate_edwpose_config's checks of its keys: models built without it
-    # (build_model, DefaultPredictor) get the same errors.
+    # The builder checks the keys it reads: every model built from the config
+    # (build_model, DefaultPredictor, the trainer) gets the same errors.
     cfg = _cfg()
     node, name = key.split(".")
     cfg.MODEL[node][name] = value

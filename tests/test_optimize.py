@@ -13,7 +13,7 @@ from detectron2.modeling.backbone.fpn import FPN
 from detectron2.modeling.poolers import ROIPooler
 from detectron2.structures import Boxes
 
-from d2_edwpose.layers import DWConv, EDWConv
+from d2_edwpose.modeling.layers import DWConv, EDWConv
 from d2_edwpose.modeling.cpu_inference import (
     REWRITES,
     fold_conv_norms,

@@ -25,7 +25,7 @@ from d2_edwpose.data import CROWDPOSE_KEYPOINTS, register_config_datasets, regis
 from d2_edwpose.data.coco_keypoints import complete_coco_annotations
 from d2_edwpose.deploy.onnx_pose_runner import OnnxPoseRunner
 from d2_edwpose.engine import Trainer, check_datasets
-from d2_edwpose.evaluation import KeypointCOCOEvaluator
+from d2_edwpose.engine.evaluation import KeypointCOCOEvaluator
 from d2_edwpose.tools import demo, export_model
 
 from conftest import DEMO_CONFIG, REPO_ROOT, user_cfg, write_config

@@ -26,10 +26,9 @@ from detectron2.data.datasets.builtin_meta import _get_builtin_metadata
 from detectron2.modeling import build_model
 
 from d2_edwpose import add_edwpose_config
-from d2_edwpose.checkpoint import AtomicValidatingCheckpointer, SafeCheckpointer
-from d2_edwpose.config import validate_edwpose_config
 from d2_edwpose.data.checks import SampleLoadError, check_annotations
 from d2_edwpose.data.synthetic import generate_synthetic_keypoints, register_synthetic_keypoints
+from d2_edwpose.engine.checkpoint import AtomicValidatingCheckpointer
 from d2_edwpose.data.train_loader import (
     ResumableTrainingSampler,
     ResumableTrainLoader,
@@ -281,10 +280,6 @@ def test_weights_of_another_architecture_are_refused_listing_the_keys(demo_model
     AtomicValidatingCheckpointer(demo_model).resume_or_load(str(partial), resume=False)
 
 
-def test_the_checkpointer_keeps_its_earlier_name():
-    assert SafeCheckpointer is AtomicValidatingCheckpointer
-
-
 def test_bad_values_and_unknown_keys_name_the_key(tmp_path):
     cases = {
         "INPUT.FIXED_SIZE": ((320, 0), "two positive integers"),
@@ -296,7 +291,7 @@ def test_bad_values_and_unknown_keys_name_the_key(tmp_path):
         "MODEL.ROI_KEYPOINT_HEAD.CONV_TYPE": ("separable", "'vanilla', 'dw', 'edw'"),
         "MODEL.ROI_KEYPOINT_HEAD.EXPAND_FACTOR": (0, "an integer >= 1"),
     }
-    validate_edwpose_config(demo_cfg())
+    build_model(demo_cfg())
     for key, (value, expected) in cases.items():
         cfg = demo_cfg()
         node, name = cfg, key.split(".")
@@ -304,7 +299,7 @@ def test_bad_values_and_unknown_keys_name_the_key(tmp_path):
             node = node[part]
         node[name[-1]] = value
         with pytest.raises(ValueError) as error:
-            validate_edwpose_config(cfg)
+            build_model(cfg)  # each component checks the keys it reads
         assert str(error.value).startswith(f"{key}={value!r} is invalid: expected"), error.value
         assert expected in str(error.value)
     # A conv type that the configured keypoint head would silently ignore.
@@ -312,7 +307,7 @@ def test_bad_values_and_unknown_keys_name_the_key(tmp_path):
     assert stock_head.MODEL.ROI_KEYPOINT_HEAD.CONV_TYPE == "edw"
     with pytest.raises(ValueError, match="CONV_TYPE='edw' is invalid: expected 'vanilla': "
                        "ROI_KEYPOINT_HEAD.NAME='KRCNNConvDeconvUpsampleHead'"):  # fmt: skip
-        validate_edwpose_config(stock_head)
+        build_model(stock_head)
 
     # yacs: an AssertionError for a command-line override, a KeyError for a file.
     with pytest.raises(AssertionError, match="Non-existent key: MODEL.MOBILENETV3.ARHC"):

@@ -18,6 +18,7 @@ The keypoint set of a file (:func:`keypoint_set_from_categories`):
 import json
 import logging
 
+from ..utils.validation import is_int
 from .keypoint_names import asymmetric_limbs, infer_flip_map, normalized_name
 from .keypoint_sets import (
     DEFAULT_OKS_SIGMA,
@@ -173,10 +174,7 @@ def _index_pairs(pairs, keypoint_names, *, field, where):
     typo, and which it is cannot be told."""
     count = len(keypoint_names)
     if not isinstance(pairs, list) or not all(
-        isinstance(p, (list, tuple))
-        and len(p) == 2
-        and all(isinstance(i, int) and not isinstance(i, bool) for i in p)
-        for p in pairs
+        isinstance(p, (list, tuple)) and len(p) == 2 and all(map(is_int, p)) for p in pairs
     ):
         raise ValueError(f"{where}: {field} {pairs!r} is not a list of index pairs [i, j]")
     for pair in pairs:

@@ -4,7 +4,7 @@
 data: it also records the keypoint set in the dataset's metadata (names, left/right flip map,
 skeleton, OKS sigmas), which detectron2's flip augmentation (``keypoint_flip_map``), its
 ``Visualizer`` (``keypoint_connection_rules``), ``COCOEvaluator`` (through
-:class:`~d2_edwpose.evaluation.KeypointCOCOEvaluator`, ``keypoint_oks_sigmas``) and the
+:class:`~d2_edwpose.engine.evaluation.KeypointCOCOEvaluator`, ``keypoint_oks_sigmas``) and the
 exports (``keypoint_names``) read. Its loader checks the file before detectron2 converts it,
 so that a problem stops a run before its first iteration rather than in the evaluation at its
 end, with a message naming the file, the record and the field. A dataset may keep a subset of
@@ -24,6 +24,7 @@ from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.data.datasets import load_coco_json
 from detectron2.data.datasets.builtin_meta import COCO_PERSON_KEYPOINT_NAMES
 
+from ..utils.validation import is_finite_number, is_int
 from .coco_categories import (
     check_categories,
     keypoint_set_from_categories,
@@ -35,7 +36,6 @@ from .keypoint_names import spelling_mismatch
 from .keypoint_sets import (
     COCO_PERSON_KEYPOINTS,
     KEYPOINT_SETS,
-    is_finite_number,
     read_keypoint_set,
     validate_keypoint_set,
 )
@@ -69,10 +69,6 @@ _ANNOTATION_FIELDS = ("id", "image_id", "category_id", "bbox", "keypoints")
 _checked_files = {}
 # (file, modification time, size) -> the categories of the files declared in this process.
 _read_categories = {}
-
-
-def _is_positive_int(value):
-    return isinstance(value, int) and not isinstance(value, bool) and value > 0
 
 
 def register_keypoint_dataset(
@@ -258,7 +254,12 @@ def _check_coco_keypoint_file(coco, keypoint_names, dataset_name):
             )
         if image["id"] in images:
             raise ValueError(f"images[{index}]: image id {image['id']!r} appears twice")
-        if not (_is_positive_int(image["height"]) and _is_positive_int(image["width"])):
+        if not (
+            is_int(image["height"])
+            and is_int(image["width"])
+            and image["height"] > 0
+            and image["width"] > 0
+        ):
             raise ValueError(
                 f"images[{index}] (id {image['id']}): height {image['height']!r} and width "
                 f"{image['width']!r} must be positive integers"
@@ -303,7 +304,7 @@ def _check_coco_keypoint_file(coco, keypoint_names, dataset_name):
                 f"(a person or crowd without labelled keypoints has {num_keypoints} x [0, 0, 0])"
             )
         # COCOeval records a match by the ground truth's id and counts ids > 0 as matched.
-        if not _is_positive_int(annotation["id"]):
+        if not (is_int(annotation["id"]) and annotation["id"] > 0):
             raise ValueError(
                 f"{record}: annotation ids must be positive integers (COCO's evaluation takes a "
                 "match with id 0 for none)"

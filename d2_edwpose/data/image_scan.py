@@ -36,8 +36,8 @@ from detectron2.data import MetadataCatalog
 from detectron2.data.detection_utils import convert_PIL_to_numpy
 from detectron2.utils import comm
 
-from ..atomic_files import atomic_open
-from ..image_files import TRANSPOSING_ORIENTATIONS, exif_orientation
+from ..utils.atomic_files import atomic_open
+from ..utils.image_files import TRANSPOSING_ORIENTATIONS, exif_orientation
 
 __all__ = [
     "ImageScan",

@@ -4,7 +4,6 @@ person keypoints, CrowdPose, AI Challenger, MPII, AP-10K, Animal-Pose, COCO-Whol
 their checks, and the ones a config names."""
 
 import json
-import math
 
 from detectron2.data.datasets.builtin_meta import (
     COCO_PERSON_KEYPOINT_FLIP_MAP,
@@ -12,6 +11,7 @@ from detectron2.data.datasets.builtin_meta import (
     KEYPOINT_CONNECTION_RULES,
 )
 
+from ..utils.validation import is_finite_number
 from .keypoint_names import CENTRE, LEFT, RIGHT, infer_flip_map, keypoint_sides, normalized_name
 
 __all__ = [
@@ -226,11 +226,6 @@ def known_keypoint_set(keypoint_names):
         if forms == [normalized_name(name) for name in keypoint_set["keypoint_names"]]:
             return set_name, keypoint_set
     return None, None
-
-
-def is_finite_number(value):
-    """A finite int or float; not a bool, which JSON and Python would let pass as 0 or 1."""
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def validate_keypoint_set(

@@ -32,8 +32,8 @@ from pathlib import Path
 import yaml
 from PIL import Image
 
-from ..atomic_files import atomic_open
-from ..image_files import (
+from ..utils.atomic_files import atomic_open
+from ..utils.image_files import (
     IMAGE_SUFFIXES,
     TRANSPOSING_ORIENTATIONS,
     exif_orientation,

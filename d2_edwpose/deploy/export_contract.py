@@ -1,5 +1,6 @@
 """What an exported file holds for the runner: the graph's input and output names, and the
-exporter's metadata (d2_edwpose/export.py writes it, the runner checks it before running)."""
+exporter's metadata (d2_edwpose/export/tracing.py writes it, the runner checks it before running).
+"""
 import json
 
 __all__ = [

@@ -6,9 +6,11 @@ import torch.nn.functional as F
 
 from detectron2.config import configurable
 from detectron2.modeling import META_ARCH_REGISTRY, GeneralizedRCNN
+from detectron2.modeling.roi_heads.keypoint_head import ROI_KEYPOINT_HEAD_REGISTRY
 from detectron2.structures import Boxes, Instances, Keypoints
 
-from ..config import check_fixed_size_config
+from ..utils.validation import check_config_value, is_int
+from .roi_heads.keypoint_head import KRCNNConfigurableConvDeconvUpsampleHead
 
 __all__ = ["FixedInputSizeRCNN", "resize_sample", "resize_to_fixed_size"]
 
@@ -72,6 +74,31 @@ def resize_sample(inputs: Dict, size: Tuple[int, int], device=None) -> Dict:
     return inputs
 
 
+def _check_keys_of_other_keypoint_heads(cfg):
+    """d2_edwpose's keypoint-head keys, for a keypoint head that is not d2_edwpose's: left at
+    values that mean what it does, rather than silently ignored."""
+    head = cfg.MODEL.ROI_KEYPOINT_HEAD
+    head_class = ROI_KEYPOINT_HEAD_REGISTRY.get(head.NAME)
+    if issubclass(head_class, KRCNNConfigurableConvDeconvUpsampleHead):
+        return
+    check_config_value(
+        "MODEL.ROI_KEYPOINT_HEAD.CONV_TYPE",
+        head.CONV_TYPE,
+        head.CONV_TYPE == "vanilla",
+        f"'vanilla': ROI_KEYPOINT_HEAD.NAME={head.NAME!r} has no such option (only "
+        "'KRCNNConfigurableConvDeconvUpsampleHead' reads it)",
+    )
+    # -1 ("the datasets' number", d2_edwpose.data.catalog.num_keypoints) is resolved by
+    # d2_edwpose's head only.
+    check_config_value(
+        "MODEL.ROI_KEYPOINT_HEAD.NUM_KEYPOINTS",
+        head.NUM_KEYPOINTS,
+        head.NUM_KEYPOINTS > 0,
+        f"a positive integer: ROI_KEYPOINT_HEAD.NAME={head.NAME!r} does not take -1 (the "
+        "datasets' number; only 'KRCNNConfigurableConvDeconvUpsampleHead' does)",
+    )
+
+
 @META_ARCH_REGISTRY.register()
 class FixedInputSizeRCNN(GeneralizedRCNN):
     """detectron2's GeneralizedRCNN, with every input image resized to ``INPUT.FIXED_SIZE``.
@@ -95,7 +122,15 @@ class FixedInputSizeRCNN(GeneralizedRCNN):
 
     @classmethod
     def from_config(cls, cfg):
-        check_fixed_size_config(cfg)
+        size = cfg.INPUT.FIXED_SIZE
+        check_config_value(
+            "INPUT.FIXED_SIZE",
+            size,
+            len(size) == 2 and all(is_int(s) and s > 0 for s in size),
+            "(height, width), two positive integers",
+        )
+        if cfg.MODEL.KEYPOINT_ON:
+            _check_keys_of_other_keypoint_heads(cfg)
         args = super().from_config(cfg)
         args["input_size"] = tuple(cfg.INPUT.FIXED_SIZE)
         return args

@@ -23,7 +23,6 @@ from detectron2.config import get_cfg
 from detectron2.modeling import build_model
 
 from d2_edwpose import add_edwpose_config
-from d2_edwpose.config import validate_edwpose_config
 from d2_edwpose.data import register_config_datasets
 from d2_edwpose.model_zoo import CONFIG_DIR
 
@@ -40,7 +39,6 @@ def load_config(config_file, fixed_size=(320, 320)):
     cfg.MODEL.WEIGHTS = ""
     cfg.INPUT.FIXED_SIZE = fixed_size
     register_config_datasets(cfg)  # NUM_KEYPOINTS -1 takes its datasets' number
-    validate_edwpose_config(cfg)
     return cfg
 
 

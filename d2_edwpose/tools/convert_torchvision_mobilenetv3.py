@@ -31,8 +31,8 @@ import urllib.parse
 import torch
 from torchvision.models import MobileNet_V3_Large_Weights, MobileNet_V3_Small_Weights
 
-from d2_edwpose.atomic_files import atomic_open
-from d2_edwpose.torchvision_weights import convert_torchvision_mobilenetv3
+from d2_edwpose.modeling.backbone.torchvision_weights import convert_torchvision_mobilenetv3
+from d2_edwpose.utils.atomic_files import atomic_open
 
 __all__ = ["main"]
 

@@ -23,14 +23,14 @@ from detectron2.utils.logger import setup_logger
 from detectron2.utils.visualizer import ColorMode, Visualizer
 
 from d2_edwpose import add_edwpose_config
-from d2_edwpose.atomic_files import atomic_path
 from d2_edwpose.data import register_config_datasets
 from d2_edwpose.data.catalog import num_keypoints
 from d2_edwpose.deploy import drawing
 from d2_edwpose.deploy.tracking import PoseTracker
 from d2_edwpose.engine import build_predictor
-from d2_edwpose.image_files import IMAGE_SUFFIXES, is_image_file
 from d2_edwpose.modeling.cpu_inference import optimize_for_inference
+from d2_edwpose.utils.atomic_files import atomic_path
+from d2_edwpose.utils.image_files import IMAGE_SUFFIXES, is_image_file
 
 VIDEO_SUFFIXES = {".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v"}
 logger = logging.getLogger("d2_edwpose.demo")

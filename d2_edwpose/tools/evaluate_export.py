@@ -8,7 +8,7 @@ runs the deployment runner (:class:`~d2_edwpose.deploy.onnx_pose_runner.OnnxPose
 pre- and post-processing included) on every image of the dataset (default: the config's first
 ``DATASETS.TEST``), as read from disk by OpenCV, and scores its poses as ``train_net.py
 --eval-only`` scores the PyTorch model: the same evaluator
-(:class:`~d2_edwpose.evaluation.KeypointCOCOEvaluator`), the dataset's OKS sigmas, box and
+(:class:`~d2_edwpose.engine.evaluation.KeypointCOCOEvaluator`), the dataset's OKS sigmas, box and
 keypoint AP.
 """
 
@@ -26,11 +26,11 @@ from detectron2.structures import Boxes, Instances
 from detectron2.utils.logger import setup_logger
 
 from d2_edwpose import add_edwpose_config
-from d2_edwpose.atomic_files import atomic_open
 from d2_edwpose.data import register_config_datasets
 from d2_edwpose.data.catalog import check_registered, oks_sigmas
 from d2_edwpose.deploy.onnx_pose_runner import PRECISIONS, RUNTIMES, OnnxPoseRunner
-from d2_edwpose.evaluation import KeypointCOCOEvaluator
+from d2_edwpose.engine.evaluation import KeypointCOCOEvaluator
+from d2_edwpose.utils.atomic_files import atomic_open
 
 __all__ = ["evaluate_runner", "main"]
 

@@ -12,7 +12,7 @@ The export runs on the CPU, with the config's score threshold, NMS and
 
 ``--quantize int8`` also writes ``OUTPUT/model_int8.onnx``, quantized after training and
 calibrated on ``--calibration DIR`` (default: the images of the config's first training set)
-for OpenVINO's int8 kernels (:mod:`d2_edwpose.quantization`); ``tools.evaluate_export``
+for OpenVINO's int8 kernels (:mod:`d2_edwpose.export.quantization`); ``tools.evaluate_export``
 measures what it costs in accuracy.
 
 ``--verify IMAGES`` (an image or a folder of images; repeatable) runs PyTorch and the exports
@@ -33,9 +33,8 @@ from detectron2.utils.logger import setup_logger
 
 from d2_edwpose import add_edwpose_config
 from d2_edwpose.data import register_config_datasets
-from d2_edwpose.checkpoint import AtomicValidatingCheckpointer
-from d2_edwpose.config import validate_edwpose_config
 from d2_edwpose.deploy.onnx_pose_runner import OnnxPoseRunner
+from d2_edwpose.engine.checkpoint import AtomicValidatingCheckpointer
 from d2_edwpose.export import (
     compare_torchscript_with_pytorch,
     compare_with_pytorch,
@@ -43,9 +42,9 @@ from d2_edwpose.export import (
     export_torchscript,
     load_torchscript,
 )
-from d2_edwpose.quantization import calibration_images, quantize_int8
-from d2_edwpose.image_files import IMAGE_SUFFIXES, is_image_file
+from d2_edwpose.export.quantization import calibration_images, quantize_int8
 from d2_edwpose.tools.demo import keypoint_metadata
+from d2_edwpose.utils.image_files import IMAGE_SUFFIXES, is_image_file
 
 __all__ = ["main"]
 
@@ -63,7 +62,6 @@ def setup_cfg(config_file, opts):
     add_edwpose_config(cfg)
     cfg.merge_from_file(config_file)
     cfg.merge_from_list(opts)
-    validate_edwpose_config(cfg)
     # A trace records the device of its tensors; deployment targets are CPUs.
     cfg.MODEL.DEVICE = "cpu"
     cfg.freeze()
@@ -149,7 +147,7 @@ def main(argv=None):
     parser.add_argument(
         "--quantize",
         choices=["int8"],
-        help="also write OUTPUT/model_int8.onnx, quantized after training (d2_edwpose.quantization)",
+        help="also write OUTPUT/model_int8.onnx, quantized after training (d2_edwpose.export.quantization)",
     )
     parser.add_argument(
         "--calibration",

@@ -27,12 +27,11 @@ from detectron2.utils.logger import setup_logger
 from detectron2.utils.visualizer import Visualizer
 
 from d2_edwpose import add_edwpose_config
-from d2_edwpose.atomic_files import atomic_path
-from d2_edwpose.config import validate_edwpose_config
 from d2_edwpose.data.keypoint_names import keypoint_sides
 from d2_edwpose.data.keypoint_sets import SIDE_COLORS, side_colored_rules
 from d2_edwpose.engine import Trainer, check_datasets
 from d2_edwpose.modeling.meta_arch import resize_sample
+from d2_edwpose.utils.atomic_files import atomic_path
 
 __all__ = ["SidedKeypointVisualizer", "main"]
 
@@ -167,7 +166,6 @@ def main(argv=None):
     cfg.DATASETS.TEST = ()
     cfg.SOLVER.IMS_PER_BATCH = 1
     cfg.DATALOADER.NUM_WORKERS = 0
-    validate_edwpose_config(cfg)
     cfg.freeze()
     check_datasets(cfg, train=True)
     if args.source == "annotation":

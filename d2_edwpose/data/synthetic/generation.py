@@ -10,7 +10,7 @@ import numpy as np
 
 from detectron2.data.datasets.builtin_meta import COCO_PERSON_KEYPOINT_NAMES
 
-from ...atomic_files import atomic_open, atomic_path
+from ...utils.atomic_files import atomic_open, atomic_path
 from .rendering import render_image
 
 logger = logging.getLogger(__name__)

@@ -3,7 +3,7 @@
 The network is the ``features`` of torchvision's ``mobilenet_v3_large`` / ``mobilenet_v3_small``
 (built by those functions, without weights), so that its state-dict keys are torchvision's
 without the classifier: ``features.<i>.<...>`` here is ``features.<i>.<...>`` there, and
-torchvision's ImageNet weights load once renamed (:mod:`d2_edwpose.torchvision_weights`).
+torchvision's ImageNet weights load once renamed (:mod:`d2_edwpose.modeling.backbone.torchvision_weights`).
 
 Outputs are named by stride, after the last layer at that stride. With torchvision's indices:
 
@@ -23,6 +23,7 @@ detectron2's ``MODEL.BACKBONE.FREEZE_AT`` = 1 freezes, like ResNet's stem; large
 features[1] (stride 2, no downsampling) opens stage2.
 """
 import math
+from numbers import Real
 
 import torch
 from torch import nn
@@ -33,18 +34,14 @@ from detectron2.layers import FrozenBatchNorm2d, ShapeSpec, get_norm
 from detectron2.modeling.backbone import BACKBONE_REGISTRY, Backbone
 from detectron2.modeling.backbone.fpn import FPN, LastLevelMaxPool
 
-from ...config import check_mobilenetv3_config
+from ...utils.validation import check_config_value, is_int
 
 __all__ = [
     "MobileNetV3",
     "ARCHS",
-    "BACKBONE_NAMES",
     "build_mobilenetv3_backbone",
     "build_mobilenetv3_fpn_backbone",
 ]
-
-# The MODEL.BACKBONE.NAME values of this module's builders.
-BACKBONE_NAMES = ("build_mobilenetv3_backbone", "build_mobilenetv3_fpn_backbone")
 
 # MODEL.MOBILENETV3.ARCH -> torchvision's builder of that network.
 ARCHS = {"large": mobilenet_v3_large, "small": mobilenet_v3_small}
@@ -127,8 +124,8 @@ class MobileNetV3(Backbone):
     """torchvision's MobileNetV3 feature extractor with detectron2's named, strided outputs.
 
     The arguments mirror the keys of ``cfg.MODEL.MOBILENETV3`` (and ``freeze_at``
-    ``MODEL.BACKBONE.FREEZE_AT``); :func:`d2_edwpose.config.check_mobilenetv3_config` checks
-    them. See the module docstring for the layout and the outputs.
+    ``MODEL.BACKBONE.FREEZE_AT``), which the builders check. See the module docstring for the
+    layout and the outputs.
     """
 
     def __init__(
@@ -226,22 +223,68 @@ class MobileNetV3(Backbone):
         return outputs
 
 
+def _is_norm(name):
+    if name == "":
+        return True
+    try:
+        get_norm(name, 32)
+    except KeyError:
+        return False
+    return True
+
+
+def _mobilenetv3_from_config(cfg, input_shape: ShapeSpec) -> MobileNetV3:
+    """The MobileNetV3 of ``cfg.MODEL.MOBILENETV3`` and ``MODEL.BACKBONE.FREEZE_AT``, whose
+    values are checked here, once, for both builders."""
+    mcfg = cfg.MODEL.MOBILENETV3
+    check_config_value(
+        "MODEL.MOBILENETV3.ARCH", mcfg.ARCH, mcfg.ARCH in ARCHS, " or ".join(map(repr, ARCHS))
+    )
+    width = mcfg.WIDTH_MULT
+    check_config_value(
+        "MODEL.MOBILENETV3.WIDTH_MULT",
+        width,
+        isinstance(width, Real) and math.isfinite(width) and width > 0,
+        "a positive number (1.0 for the ImageNet weights)",
+    )
+    features = list(mcfg.OUT_FEATURES)
+    check_config_value(
+        "MODEL.MOBILENETV3.OUT_FEATURES",
+        features,
+        features and set(features) <= set(_OUTPUT_NAMES) and len(set(features)) == len(features),
+        f"a non-empty list of distinct names from {list(_OUTPUT_NAMES)}",
+    )
+    check_config_value(
+        "MODEL.MOBILENETV3.NORM",
+        mcfg.NORM,
+        _is_norm(mcfg.NORM),
+        "a norm of detectron2's get_norm ('FrozenBN', 'BN', 'SyncBN', 'naiveSyncBN', 'GN') or ''",
+    )
+    freeze_at = cfg.MODEL.BACKBONE.FREEZE_AT
+    check_config_value(
+        "MODEL.BACKBONE.FREEZE_AT",
+        freeze_at,
+        is_int(freeze_at) and 0 <= freeze_at <= len(_STAGE_NAMES),
+        f"an integer from 0 (train everything) to {len(_STAGE_NAMES)} (freeze all "
+        "MobileNetV3 stages)",
+    )
+    return MobileNetV3(
+        mcfg.ARCH,
+        width_mult=width,
+        in_channels=input_shape.channels,
+        out_features=features,
+        freeze_at=freeze_at,
+        norm=mcfg.NORM,
+    )
+
+
 @BACKBONE_REGISTRY.register()
 def build_mobilenetv3_backbone(cfg, input_shape: ShapeSpec):
     """
     Returns:
         MobileNetV3: configured by ``cfg.MODEL.MOBILENETV3``.
     """
-    check_mobilenetv3_config(cfg)
-    mcfg = cfg.MODEL.MOBILENETV3
-    return MobileNetV3(
-        mcfg.ARCH,
-        width_mult=mcfg.WIDTH_MULT,
-        in_channels=input_shape.channels,
-        out_features=mcfg.OUT_FEATURES,
-        freeze_at=cfg.MODEL.BACKBONE.FREEZE_AT,
-        norm=mcfg.NORM,
-    )
+    return _mobilenetv3_from_config(cfg, input_shape)
 
 
 @BACKBONE_REGISTRY.register()
@@ -251,10 +294,18 @@ def build_mobilenetv3_fpn_backbone(cfg, input_shape: ShapeSpec):
     Returns:
         FPN: with FPN.IN_FEATURES = stage2 ... stage5, outputs p2 ... p6 (strides 4 ... 64).
     """
-    check_mobilenetv3_config(cfg, fpn=True)
+    bottom_up = _mobilenetv3_from_config(cfg, input_shape)
+    in_features = list(cfg.MODEL.FPN.IN_FEATURES)
+    outputs = bottom_up.output_shape()
+    check_config_value(
+        "MODEL.FPN.IN_FEATURES",
+        in_features,
+        set(in_features) <= set(outputs),
+        f"outputs of the MobileNetV3, MODEL.MOBILENETV3.OUT_FEATURES={list(outputs)}",
+    )
     return FPN(
-        bottom_up=build_mobilenetv3_backbone(cfg, input_shape),
-        in_features=cfg.MODEL.FPN.IN_FEATURES,
+        bottom_up=bottom_up,
+        in_features=in_features,
         out_channels=cfg.MODEL.FPN.OUT_CHANNELS,
         norm=cfg.MODEL.FPN.NORM,
         top_block=LastLevelMaxPool(),

@@ -11,7 +11,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from ...layers import EDWConv
+from ..layers import EDWConv
 from .inference_gate import is_cpu_float32_inference
 from .module_replacement import Rewritten, replace_modules
 

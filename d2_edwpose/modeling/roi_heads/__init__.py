@@ -1,13 +1,6 @@
 """RoI heads; importing this package registers them in detectron2's registries."""
-from .box_head import FastRCNNConfigurableConvFCHead, FastRCNNSeparableConvFCHead
-from .keypoint_head import (
-    KRCNNConfigurableConvDeconvUpsampleHead,
-    KRCNNSeparableConvDeconvUpsampleHead,
-)
 
-__all__ = [
-    "FastRCNNConfigurableConvFCHead",
-    "FastRCNNSeparableConvFCHead",
-    "KRCNNConfigurableConvDeconvUpsampleHead",
-    "KRCNNSeparableConvDeconvUpsampleHead",
-]
+from .box_head import FastRCNNConfigurableConvFCHead
+from .keypoint_head import KRCNNConfigurableConvDeconvUpsampleHead
+
+__all__ = ["FastRCNNConfigurableConvFCHead", "KRCNNConfigurableConvDeconvUpsampleHead"]

@@ -5,11 +5,10 @@ from detectron2.config import configurable
 from detectron2.layers import get_norm
 from detectron2.modeling.roi_heads.box_head import ROI_BOX_HEAD_REGISTRY, FastRCNNConvFCHead
 
-from ...config import conv_type_arguments
-from ...layers import conv_class_of_type, xavier_fill_convs
-from ..former_names import register_former_name
+from ..layers import conv_class_of_type, xavier_fill_convs
+from .conv_types import conv_type_arguments
 
-__all__ = ["FastRCNNConfigurableConvFCHead", "FastRCNNSeparableConvFCHead"]
+__all__ = ["FastRCNNConfigurableConvFCHead"]
 
 
 @ROI_BOX_HEAD_REGISTRY.register()
@@ -19,8 +18,8 @@ class FastRCNNConfigurableConvFCHead(FastRCNNConvFCHead):
     fully connected layers with ReLU) whose convs are, by ``conv_type``, DWConv ("dw"), EDWConv
     ("edw") or the stock ones ("vanilla": then it is the stock head) -- the paper's keypoint-head
     idea applied to the detection network. A few narrow separable convs and one small fc layer
-    replace the stock two 1024-wide fc layers, which cost 13.9 GFLOPs on 1,000 proposals at 256
-    channels (12.8 of them in the first).
+    replace the stock two 1024-wide fc layers, the largest cost of the stock box head
+    (docs/model.md).
 
     Separable convs are initialised like the keypoint head's (per-group Xavier): the stock
     head's MSRA fill takes a depthwise conv's fan-out from the weight shape, d_i times too large.
@@ -57,8 +56,3 @@ class FastRCNNConfigurableConvFCHead(FastRCNNConvFCHead):
     @classmethod
     def from_config(cls, cfg, input_shape):
         return {**super().from_config(cfg, input_shape), **conv_type_arguments(cfg, "ROI_BOX_HEAD")}
-
-
-FastRCNNSeparableConvFCHead = register_former_name(
-    ROI_BOX_HEAD_REGISTRY, "FastRCNNSeparableConvFCHead", FastRCNNConfigurableConvFCHead
-)

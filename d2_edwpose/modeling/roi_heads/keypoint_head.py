@@ -8,13 +8,12 @@ from detectron2.modeling.roi_heads.keypoint_head import (
     KRCNNConvDeconvUpsampleHead,
 )
 
-from ...config import conv_type_arguments
 from ...data.catalog import num_keypoints
-from ...layers import conv_class_of_type, xavier_fill_convs
-from ..former_names import register_former_name
+from ..layers import conv_class_of_type, xavier_fill_convs
+from .conv_types import conv_type_arguments
 from .keypoint_decoding import keypoint_rcnn_inference
 
-__all__ = ["KRCNNConfigurableConvDeconvUpsampleHead", "KRCNNSeparableConvDeconvUpsampleHead"]
+__all__ = ["KRCNNConfigurableConvDeconvUpsampleHead"]
 
 
 @ROI_KEYPOINT_HEAD_REGISTRY.register()
@@ -88,10 +87,3 @@ class KRCNNConfigurableConvDeconvUpsampleHead(KRCNNConvDeconvUpsampleHead):
             **super().from_config(cfg, input_shape),
             **conv_type_arguments(cfg, "ROI_KEYPOINT_HEAD"),
         }
-
-
-KRCNNSeparableConvDeconvUpsampleHead = register_former_name(
-    ROI_KEYPOINT_HEAD_REGISTRY,
-    "KRCNNSeparableConvDeconvUpsampleHead",
-    KRCNNConfigurableConvDeconvUpsampleHead,
-)

@@ -21,7 +21,7 @@ under ``torch.no_grad()``, with CUDA synchronised when the model runs there, aft
 With ``--deploy`` the ONNX export of each d2_edwpose model is also timed, at N, through the
 deployment runner (:mod:`d2_edwpose.deploy.onnx_pose_runner`, pre- and post-processing
 included), a row per runtime and precision: onnxruntime and OpenVINO in float32 and on the
-INT8 quantization (:mod:`d2_edwpose.quantization`), OpenVINO in bfloat16 where the CPU has
+INT8 quantization (:mod:`d2_edwpose.export.quantization`), OpenVINO in bfloat16 where the CPU has
 it. All models of one N are timed in interleaved rounds, one call of each per round, so that
 the machine's drift hits every row alike; the table's header names the CPU. With
 ``--optimize`` every model is also measured after
@@ -42,8 +42,8 @@ from detectron2.evaluation import DatasetEvaluators, inference_on_dataset
 from detectron2.modeling import build_model
 from detectron2.utils.logger import setup_logger
 
-from d2_edwpose.checkpoint import AtomicValidatingCheckpointer
 from d2_edwpose.data import register_config_datasets
+from d2_edwpose.engine.checkpoint import AtomicValidatingCheckpointer
 from d2_edwpose.modeling.cpu_inference import optimize_for_inference
 from d2_edwpose.tools.analyze_model import PAPER_CONFIGS, REALTIME_CONFIG, STOCK_R50, load_config
 

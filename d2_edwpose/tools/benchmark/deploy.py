@@ -62,7 +62,7 @@ def deploy_runners(model, rows, image, folder):
 
     from d2_edwpose.deploy.onnx_pose_runner import OnnxPoseRunner
     from d2_edwpose.export import export_onnx
-    from d2_edwpose.quantization import quantize_int8
+    from d2_edwpose.export.quantization import quantize_int8
 
     fp32_file, int8_file, picture = paths = [Path(folder, name) for name in EXPORT_FILES]
     for path in paths:

@@ -5,7 +5,7 @@ import logging
 
 from detectron2.evaluation import COCOEvaluator
 
-from .data.coco_keypoints import category_selection, complete_coco_annotations
+from ..data.coco_keypoints import category_selection, complete_coco_annotations
 
 __all__ = ["KeypointCOCOEvaluator"]
 

@@ -19,6 +19,8 @@ from torch import nn
 
 from detectron2.layers import Conv2d
 
+from ..utils.validation import is_int
+
 __all__ = [
     "CONV_TYPES",
     "EDWConv",
@@ -35,7 +37,7 @@ CONV_TYPES = ("vanilla", "dw", "edw")
 
 def is_valid_expand_factor(value) -> bool:
     """Whether ``value`` is a valid EDWConv expand factor: an integer >= 1 (not a bool)."""
-    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
+    return is_int(value) and value >= 1
 
 
 class EDWConv(nn.Module):

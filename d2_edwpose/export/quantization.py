@@ -20,9 +20,9 @@ from pathlib import Path
 
 import cv2
 
-from .atomic_files import atomic_open
-from .image_files import IMAGE_SUFFIXES, is_image_file
-from .deploy.onnx_pose_runner import INPUT_NAME, METADATA_KEY, OnnxPoseRunner
+from ..deploy.onnx_pose_runner import INPUT_NAME, METADATA_KEY, OnnxPoseRunner
+from ..utils.atomic_files import atomic_open
+from ..utils.image_files import IMAGE_SUFFIXES, is_image_file
 
 __all__ = ["FLOAT_LAYERS", "calibration_images", "quantize_int8"]
 
@@ -42,10 +42,8 @@ def _is_depthwise(node):
 
 def _stays_float(node):
     """Whether quantize_int8 keeps ``node`` in float32: the decisive layers of ``FLOAT_LAYERS``,
-    and the depthwise convolutions, which cost more accuracy in int8 than they buy (OpenVINO,
-    keypoint AP on synthetic_keypoints_val: the realtime demo model 70.8 with them quantized,
-    71.5 without, PyTorch 72.0; quantized, they made the INT8 graph 2 % faster at N = 20
-    people, the EDW paper config's 11 %, on 2 cores of an AMD EPYC with AVX-512 VNNI)."""
+    and the depthwise convolutions, which cost more keypoint AP in int8 than they buy in speed
+    (docs/deploy.md)."""
     return _is_depthwise(node) or any(part in node.name for part in FLOAT_LAYERS)
 
 
@@ -99,8 +97,8 @@ def quantize_int8(onnx_path, output_path, image_paths):
         quantized = os.path.join(folder, "quantized.onnx")
         # Shape inference, as onnxruntime recommends before quantizing. Not its graph
         # optimisation: that inlines each HardSwish as x * HardSigmoid(x), which OpenVINO then
-        # runs with a reference kernel on planar copies (the realtime config's INT8 graph: 17.0
-        # against 15.6 ms, 2 cores of an AMD EPYC); the same layers are quantized either way.
+        # runs with a reference kernel on planar copies, slower (docs/deploy.md); the same
+        # layers are quantized either way.
         quant_pre_process(
             os.fspath(onnx_path), prepared, skip_optimization=True, skip_symbolic_shape=True
         )

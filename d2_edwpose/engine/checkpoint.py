@@ -6,16 +6,10 @@ import os
 
 from detectron2.checkpoint import DetectionCheckpointer
 
-from .atomic_files import atomic_open
+from ..utils.atomic_files import atomic_open
+from ..utils.messages import abbreviate_keys
 
-__all__ = ["AtomicValidatingCheckpointer", "SafeCheckpointer", "abbreviate_keys"]
-
-
-def abbreviate_keys(keys, limit=6):
-    """The first ``limit`` of ``keys``, comma-separated, and how many more there are: enough to
-    recognise a mismatch without flooding the error message."""
-    shown = ", ".join(keys[:limit])
-    return shown + (f", ... ({len(keys) - limit} more)" if len(keys) > limit else "")
+__all__ = ["AtomicValidatingCheckpointer"]
 
 
 def _is_local(path):
@@ -123,7 +117,3 @@ class AtomicValidatingCheckpointer(DetectionCheckpointer):
                 + "; ".join(problems)
             )
         return incompatible
-
-
-# Its former name, kept for existing imports.
-SafeCheckpointer = AtomicValidatingCheckpointer

@@ -6,8 +6,8 @@ from collections.abc import Mapping
 
 import torch
 
-from .checkpoint import abbreviate_keys
-from .modeling.backbone.mobilenetv3 import ARCHS, MobileNetV3
+from ...utils.messages import abbreviate_keys
+from .mobilenetv3 import ARCHS, MobileNetV3
 
 __all__ = ["MOBILENETV3_PREFIX", "convert_torchvision_mobilenetv3"]
 

@@ -38,11 +38,11 @@ from torch import nn
 
 from detectron2.export import TracingAdapter
 
-from .atomic_files import atomic_open
-from .deploy import onnx_pose_runner
-from .modeling.cpu_inference.edwconv_split import split_edwconvs
-from .modeling.meta_arch import FixedInputSizeRCNN, resize_to_fixed_size
-from .modeling.roi_heads.keypoint_decoding import heatmaps_to_keypoints
+from ..deploy import onnx_pose_runner
+from ..modeling.cpu_inference.edwconv_split import split_edwconvs
+from ..modeling.meta_arch import FixedInputSizeRCNN, resize_to_fixed_size
+from ..modeling.roi_heads.keypoint_decoding import heatmaps_to_keypoints
+from ..utils.atomic_files import atomic_open
 
 __all__ = [
     "ONNX_OPSET",
@@ -136,8 +136,8 @@ class _SingleImageKeypointHead(nn.Module):
 def _batched_nms_without_branches(boxes, scores, idxs, iou_threshold):
     """torchvision's ``batched_nms`` as it runs when traced (NMS on boxes offset by class),
     without its early return for no boxes. The exporter turns that return into an ONNX ``If``
-    whose empty branch OpenVINO (2026.4) runs as one index: on an image without people it
-    reported one with a made-up box. Here the offset comes from the boxes and a zero, so that
+    whose empty branch OpenVINO has run as one index: on an image without people it reported
+    one with a made-up box (docs/deploy.md). Here the offset comes from the boxes and a zero, so that
     no boxes take the same path and NMS returns no index."""
     max_coordinate = torch.cat([boxes.reshape(-1), boxes.new_zeros(1)]).max()
     offsets = idxs.to(boxes) * (max_coordinate + 1)
@@ -152,8 +152,8 @@ def _exporting(model, decode_keypoints):
     (:func:`_batched_nms_without_branches`); ``model`` itself is left as it is.
 
     An EDWConv's depthwise conv (groups = in_channels, e > 1 filters each) misses oneDNN's
-    depthwise kernel, in OpenVINO too, and runs slower than its e plain depthwise convs: in
-    bfloat16 the realtime config's whole graph took 1.9 times as long (docs/export.md).
+    depthwise kernel, in OpenVINO too, and runs slower than its e plain depthwise convs
+    (docs/export.md).
     """
     exported = copy.deepcopy(model).eval()
     split_edwconvs(exported)

@@ -1,4 +1,5 @@
-"""The trainer used by train_net.py and the CPU demo."""
+"""The trainer of train_net.py and the CPU demo, its PreciseBN hook, the predictor, and the
+check of the datasets against the config that runs before anything is trained or evaluated."""
 import logging
 import os
 import weakref
@@ -16,9 +17,7 @@ from detectron2.engine import DefaultPredictor, DefaultTrainer, HookBase, hooks
 from detectron2.utils import comm
 from detectron2.utils.events import EventStorage
 
-from .checkpoint import AtomicValidatingCheckpointer
-from .config import validate_edwpose_config
-from .data.catalog import (
+from ..data.catalog import (
     check_keypoint_datasets,
     check_num_classes,
     check_registered,
@@ -26,16 +25,17 @@ from .data.catalog import (
     oks_sigmas,
     verify_dataset_files,
 )
-from .data.checks import ReportingMapper, check_keypoint_counts
-from .data.coco_keypoints import register_config_datasets
-from .data.image_scan import ImageScan
-from .data.train_loader import (
+from ..data.checks import ReportingMapper, check_keypoint_counts
+from ..data.coco_keypoints import register_config_datasets
+from ..data.image_scan import ImageScan
+from ..data.train_loader import (
     MODEL_STREAM,
     PRECISE_BN_STREAM,
     build_resumable_train_loader,
     derive_seed,
     seed_process_rngs,
 )
+from .checkpoint import AtomicValidatingCheckpointer
 from .evaluation import KeypointCOCOEvaluator
 
 __all__ = ["PreciseBN", "Trainer", "build_predictor", "check_datasets"]
@@ -144,13 +144,12 @@ class PreciseBN(HookBase):
 
 def build_predictor(cfg) -> DefaultPredictor:
     """detectron2's ``DefaultPredictor(cfg)``, with ``cfg.MODEL.WEIGHTS`` loaded by
-    :class:`~d2_edwpose.checkpoint.AtomicValidatingCheckpointer`: a missing file, or a
+    :class:`~d2_edwpose.engine.checkpoint.AtomicValidatingCheckpointer`: a missing file, or a
     checkpoint of another architecture, is an error naming ``MODEL.WEIGHTS`` instead of a model
     that runs with the weights it could not load left random (``DefaultPredictor`` only logs
     them). The config's ``DATASETS.COCO_KEYPOINTS`` are registered first: ``NUM_KEYPOINTS``
     -1 takes the number of keypoints of its datasets."""
     register_config_datasets(cfg)
-    validate_edwpose_config(cfg)
     from_scratch = cfg.clone()
     from_scratch.defrost()
     from_scratch.MODEL.WEIGHTS = ""
@@ -177,11 +176,10 @@ class Trainer(DefaultTrainer):
     The optimizer (with its momentum) and the LR scheduler are saved and restored by detectron2
     (the optimizer on 0.6 through the shim in :mod:`d2_edwpose.compat`). Checkpoints are
     written atomically, and a missing or foreign ``MODEL.WEIGHTS`` is a clear error
-    (:class:`~d2_edwpose.checkpoint.AtomicValidatingCheckpointer`).
+    (:class:`~d2_edwpose.engine.checkpoint.AtomicValidatingCheckpointer`).
     """
 
     def __init__(self, cfg):
-        validate_edwpose_config(cfg)
         check_datasets(cfg, train=True)
         super().__init__(_with_run_seed(cfg))
         self.seed = self.cfg.SEED
@@ -196,14 +194,12 @@ class Trainer(DefaultTrainer):
 
     @classmethod
     def build_train_loader(cls, cfg):
-        verify_dataset_files(cfg.DATASETS.TRAIN)
         return build_resumable_train_loader(cfg)
 
     @classmethod
     def build_test_loader(cls, cfg, dataset_name):
         """detectron2's test loader of ``dataset_name``, over the records that the image scan
         keeps (all, unless ``DATASETS.IMAGE_SCAN.BAD_ENTRIES`` is "drop")."""
-        verify_dataset_files([dataset_name])
         proposal_files = (
             [cfg.DATASETS.PROPOSAL_FILES_TEST[list(cfg.DATASETS.TEST).index(dataset_name)]]
             if cfg.MODEL.LOAD_PROPOSALS

@@ -1,0 +1,1 @@
+"""Helpers with no knowledge of models or datasets: atomic writes, image files, messages."""

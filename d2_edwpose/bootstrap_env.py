@@ -60,10 +60,11 @@ DETECTRON2_RUNTIME_REQUIREMENTS = [
 # (>= 64: recursive globs in package_data and PEP 660 editable installs.)
 # onnx, onnxruntime and openvino: ONNX export, INT8 quantization and the two runtimes of the
 # runner (d2_edwpose/export/tracing.py, quantization.py, deploy/); trackers (Roboflow's, torch-free):
-# the runner's and the demo's tracking, and its evaluation (deploy/tracking.py).
+# the runner's and the demo's tracking, and its evaluation (deploy/tracking.py); pytest and
+# import-linter: the tests, which check the package's import contracts (.importlinter).
 PROJECT_REQUIREMENTS = [
-    "setuptools>=64,<81", "opencv-python", "pytest", "onnx", "onnxruntime", "openvino",
-    "trackers==2.6.1",
+    "setuptools>=64,<81", "opencv-python", "pytest", "import-linter>=2.1", "onnx",
+    "onnxruntime", "openvino", "trackers==2.6.1",
 ]  # fmt: skip
 # pip 26 refuses to even download a PyPI sdist whose metadata has a direct-URL dependency, and
 # pb1-detectron2 declares one in an extra (panopticapi); an older pip only fetches the file.

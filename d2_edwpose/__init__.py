@@ -1,7 +1,13 @@
 """Realtime multi-person pose estimation for detectron2 (Keypoint R-CNN, MobileNetV3, EDWConv).
 
-``import d2_edwpose`` registers the project's backbone, keypoint head, meta-architecture and
+``import d2_edwpose`` registers the project's backbone, heads, meta-architecture and
 synthetic datasets into detectron2's registries and catalogs.
+
+Layers, each importing only those below it (docs/contributing.md; checked by .importlinter):
+``tools`` (command lines) > ``engine`` (training, evaluation), ``export`` (ONNX, TorchScript,
+INT8) and ``model_zoo`` (the configs) > ``modeling`` (backbone, heads, layers) > ``data``
+(datasets, keypoint sets, loaders, the image scan) > ``config`` (the keys) > ``utils``,
+``deploy`` (the torch-free runner) and ``compat`` (version shims).
 """
 from . import compat
 

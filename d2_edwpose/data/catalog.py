@@ -7,6 +7,7 @@ import os
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.utils.logger import log_first_n
 
+from ..utils.validation import is_int
 from .keypoint_sets import COCO_PERSON_OKS_SIGMAS, validate_keypoint_set
 from .synthetic import GENERATE_COMMAND
 
@@ -80,7 +81,7 @@ def _num_keypoints_and_source(cfg):
     ``NUM_KEYPOINTS`` is a number)."""
     value = cfg.MODEL.ROI_KEYPOINT_HEAD.NUM_KEYPOINTS
     if value != NUM_KEYPOINTS_FROM_DATASETS:
-        if not (isinstance(value, int) and value > 0):
+        if not (is_int(value) and value > 0):
             raise ValueError(
                 f"MODEL.ROI_KEYPOINT_HEAD.NUM_KEYPOINTS={value!r} is invalid: expected a "
                 f"positive integer, or {NUM_KEYPOINTS_FROM_DATASETS} for the number of keypoints "
@@ -126,6 +127,43 @@ def check_registered(train_names, test_names):
                 )
 
 
+def _num_keypoints_setting(cfg):
+    """:func:`num_keypoints` and the words that name where it comes from, for errors."""
+    count, source = _num_keypoints_and_source(cfg)
+    if source is None:
+        return count, f"MODEL.ROI_KEYPOINT_HEAD.NUM_KEYPOINTS={count}"
+    source_key = "DATASETS.TRAIN" if source in cfg.DATASETS.TRAIN else "DATASETS.TEST"
+    return count, (
+        f"MODEL.ROI_KEYPOINT_HEAD.NUM_KEYPOINTS={NUM_KEYPOINTS_FROM_DATASETS} resolved to "
+        f"{count} from dataset '{source}' ({source_key})"
+    )
+
+
+def _check_test_oks_sigmas(cfg, name, count):
+    """The OKS sigmas that evaluate test set ``name``: one per keypoint, and
+    ``TEST.KEYPOINT_OKS_SIGMAS`` not contradicting the dataset's own."""
+    sigmas = oks_sigmas(cfg, name) or COCO_PERSON_OKS_SIGMAS
+    declared = MetadataCatalog.get(name).get("keypoint_oks_sigmas")
+    if len(sigmas) != count:
+        source = (
+            f"TEST.KEYPOINT_OKS_SIGMAS has {len(sigmas)} values"
+            if cfg.TEST.KEYPOINT_OKS_SIGMAS
+            else f"dataset '{name}' declares no OKS sigmas, and COCO's {len(sigmas)} apply"
+        )
+        raise ValueError(
+            f"{source}, but dataset '{name}' has {count} keypoints: set "
+            f"TEST.KEYPOINT_OKS_SIGMAS to its {count} sigmas"
+            + (", or to [] to use the dataset's" if declared else "")
+        )
+    if cfg.TEST.KEYPOINT_OKS_SIGMAS and declared and list(sigmas) != list(declared):
+        raise ValueError(
+            f"TEST.KEYPOINT_OKS_SIGMAS={list(sigmas)} differs from the OKS sigmas of dataset "
+            f"'{name}' ({list(declared)}): set TEST.KEYPOINT_OKS_SIGMAS [] to use the "
+            f"dataset's (those of DATASETS.COCO_KEYPOINTS.{name}.OKS_SIGMAS for a dataset "
+            "declared there)"
+        )
+
+
 def check_keypoint_datasets(cfg, train_names, test_names):
     """Raise ValueError, naming the config key, the dataset and both values, where the keypoint
     model of ``cfg`` and the keypoint sets of its datasets disagree: the number of keypoints
@@ -135,8 +173,7 @@ def check_keypoint_datasets(cfg, train_names, test_names):
     are checked as the datasets load. Nothing to check without keypoints."""
     if not cfg.MODEL.KEYPOINT_ON:
         return
-    count = source = None
-    first = None
+    count = setting = first = None
     for name in dict.fromkeys([*train_names, *test_names]):
         key = "DATASETS.TRAIN" if name in train_names else "DATASETS.TEST"
         metadata = MetadataCatalog.get(name)
@@ -149,14 +186,7 @@ def check_keypoint_datasets(cfg, train_names, test_names):
                 "and keypoint_flip_map)"
             )
         if count is None:
-            count, source = _num_keypoints_and_source(cfg)
-            setting = f"MODEL.ROI_KEYPOINT_HEAD.NUM_KEYPOINTS={count}"
-            if source is not None:
-                source_key = "DATASETS.TRAIN" if source in cfg.DATASETS.TRAIN else "DATASETS.TEST"
-                setting = (
-                    f"MODEL.ROI_KEYPOINT_HEAD.NUM_KEYPOINTS={NUM_KEYPOINTS_FROM_DATASETS} "
-                    f"resolved to {count} from dataset '{source}' ({source_key})"
-                )
+            count, setting = _num_keypoints_setting(cfg)
         if len(names) != count:
             raise ValueError(
                 f"{setting} does not match dataset "
@@ -164,9 +194,8 @@ def check_keypoint_datasets(cfg, train_names, test_names):
                 f"MODEL.ROI_KEYPOINT_HEAD.NUM_KEYPOINTS {len(names)} (or "
                 f"{NUM_KEYPOINTS_FROM_DATASETS}: the datasets' number)"
             )
-        if first is None:
-            first = (name, list(names))
-        elif list(names) != first[1]:
+        first = first or (name, list(names))
+        if list(names) != first[1]:
             raise ValueError(
                 f"Dataset '{name}' ({key}) names its keypoints {list(names)}, dataset "
                 f"'{first[0]}' {first[1]}: a model trains and evaluates on one keypoint set, in "
@@ -188,28 +217,8 @@ def check_keypoint_datasets(cfg, train_names, test_names):
             metadata.get("keypoint_oks_sigmas"),
             where=f"Dataset '{name}' metadata",
         )
-        if name not in test_names:
-            continue
-        sigmas = oks_sigmas(cfg, name) or COCO_PERSON_OKS_SIGMAS
-        declared = metadata.get("keypoint_oks_sigmas")
-        if len(sigmas) != count:
-            source = (
-                f"TEST.KEYPOINT_OKS_SIGMAS has {len(sigmas)} values"
-                if cfg.TEST.KEYPOINT_OKS_SIGMAS
-                else f"dataset '{name}' declares no OKS sigmas, and COCO's {len(sigmas)} apply"
-            )
-            raise ValueError(
-                f"{source}, but dataset '{name}' has {count} keypoints: set "
-                f"TEST.KEYPOINT_OKS_SIGMAS to its {count} sigmas"
-                + (", or to [] to use the dataset's" if declared else "")
-            )
-        if cfg.TEST.KEYPOINT_OKS_SIGMAS and declared and list(sigmas) != list(declared):
-            raise ValueError(
-                f"TEST.KEYPOINT_OKS_SIGMAS={list(sigmas)} differs from the OKS sigmas of dataset "
-                f"'{name}' ({list(declared)}): set TEST.KEYPOINT_OKS_SIGMAS [] to use the "
-                f"dataset's (those of DATASETS.COCO_KEYPOINTS.{name}.OKS_SIGMAS for a dataset "
-                "declared there)"
-            )
+        if name in test_names:
+            _check_test_oks_sigmas(cfg, name, count)
 
 
 def check_num_classes(cfg, dataset_names):

@@ -138,9 +138,7 @@ def register_keypoint_dataset(
         or not categories
         or not all(isinstance(c, str) and c for c in categories)
     ):
-        raise ValueError(
-            f"{where}: categories={categories!r} must list at least one category name"
-        )
+        raise ValueError(f"{where}: categories={categories!r} must list at least one category name")
     if one_class is not None and not (isinstance(one_class, str) and one_class):
         raise ValueError(f"{where}: one_class={one_class!r} must be a class name")
     json_file, image_root = os.fspath(json_file), os.fspath(image_root)
@@ -236,39 +234,29 @@ def complete_coco_annotations(coco):
     return filled
 
 
-def _check_coco_keypoint_file(coco, keypoint_names, dataset_name):
-    """Raise ValueError naming the record and the field for what detectron2's loader or COCO's
-    evaluation would fail on later, or would silently misread. Annotations of categories the
-    dataset leaves out need no keypoints."""
-    num_keypoints = len(keypoint_names)
-    if not isinstance(coco, dict) or not all(
-        isinstance(coco.get(k), list) for k in ("images", "categories")
-    ):
-        raise ValueError("expected a COCO-format object with 'images' and 'categories' lists")
-    images = {}
-    for index, image in enumerate(coco["images"]):
+def _check_images(images):
+    """The file's images by id, each with the fields detectron2 reads and a positive size."""
+    by_id = {}
+    for index, image in enumerate(images):
         missing = [field for field in _IMAGE_FIELDS if field not in image]
         if missing:
             raise ValueError(
                 f"images[{index}] has no {missing}; every image needs {list(_IMAGE_FIELDS)}"
             )
-        if image["id"] in images:
+        if image["id"] in by_id:
             raise ValueError(f"images[{index}]: image id {image['id']!r} appears twice")
-        if not (
-            is_int(image["height"])
-            and is_int(image["width"])
-            and image["height"] > 0
-            and image["width"] > 0
-        ):
+        if not all(is_int(image[side]) and image[side] > 0 for side in ("height", "width")):
             raise ValueError(
                 f"images[{index}] (id {image['id']}): height {image['height']!r} and width "
                 f"{image['width']!r} must be positive integers"
             )
-        images[image["id"]] = image
-    check_categories(coco["categories"])
-    categories = {category["id"]: category for category in coco["categories"]}
-    kept = category_selection(dataset_name, coco["categories"]).contiguous_id
-    for category in coco["categories"]:
+        by_id[image["id"]] = image
+    return by_id
+
+
+def _check_category_keypoints(categories, kept, keypoint_names, dataset_name):
+    """The kept categories name the registered keypoints, in their order (spelling aside)."""
+    for category in categories:
         names = category.get("keypoints")
         if names is None or category["id"] not in kept:
             continue
@@ -285,54 +273,74 @@ def _check_coco_keypoint_file(coco, keypoint_names, dataset_name):
                 f"Dataset '{dataset_name}': category {category['name']!r} spells the keypoints "
                 f"{list(names)}; they are the registered {list(keypoint_names)}"
             )
-    annotation_ids = set()
+
+
+def _check_annotation(index, annotation, images, category_ids, kept, keypoint_names):
+    """One annotation: its fields, a positive id, an image and a category of the file, a box,
+    and, in a kept category, one (x, y, visibility) triplet per registered keypoint."""
+    num_keypoints = len(keypoint_names)
+    record = f"annotations[{index}]" + (f" (id {annotation['id']})" if "id" in annotation else "")
+    missing = [
+        field
+        for field in _ANNOTATION_FIELDS
+        if field not in annotation
+        and not (field == "keypoints" and annotation.get("category_id") not in kept)
+    ]
+    if missing:
+        raise ValueError(
+            f"{record} has no {missing}; every annotation needs {list(_ANNOTATION_FIELDS)} "
+            f"(a person or crowd without labelled keypoints has {num_keypoints} x [0, 0, 0])"
+        )
+    # COCOeval records a match by the ground truth's id and counts ids > 0 as matched.
+    if not (is_int(annotation["id"]) and annotation["id"] > 0):
+        raise ValueError(
+            f"{record}: annotation ids must be positive integers (COCO's evaluation takes a "
+            "match with id 0 for none)"
+        )
+    if annotation["image_id"] not in images:
+        raise ValueError(
+            f"{record}: image_id {annotation['image_id']!r} is not the id of an image of the file"
+        )
+    if annotation["category_id"] not in category_ids:
+        raise ValueError(
+            f"{record}: category_id {annotation['category_id']!r} is not the id of a "
+            "category of the file"
+        )
+    bbox = annotation["bbox"]
+    if not (isinstance(bbox, list) and len(bbox) == 4 and all(map(is_finite_number, bbox))):
+        raise ValueError(f"{record}: bbox {bbox!r} is not [x, y, width, height]")
+    if annotation["category_id"] in kept and len(annotation["keypoints"]) != 3 * num_keypoints:
+        raise ValueError(
+            f"{record} has {len(annotation['keypoints'])} keypoint values; the dataset's "
+            f"{num_keypoints} keypoints ({list(keypoint_names)}) need {3 * num_keypoints} "
+            "(x, y, visibility)"
+        )
+
+
+def _check_coco_keypoint_file(coco, keypoint_names, dataset_name):
+    """Raise ValueError naming the record and the field for what detectron2's loader or COCO's
+    evaluation would fail on later, or would silently misread. Annotations of categories the
+    dataset leaves out need no keypoints."""
+    if not isinstance(coco, dict) or not all(
+        isinstance(coco.get(k), list) for k in ("images", "categories")
+    ):
+        raise ValueError("expected a COCO-format object with 'images' and 'categories' lists")
+    images = _check_images(coco["images"])
+    check_categories(coco["categories"])
+    category_ids = {category["id"] for category in coco["categories"]}
+    kept = category_selection(dataset_name, coco["categories"]).contiguous_id
+    _check_category_keypoints(coco["categories"], kept, keypoint_names, dataset_name)
     # A test set without annotations (COCO's test-dev layout) loads; detectron2 then only
     # writes the predictions.
+    annotation_ids = set()
     for index, annotation in enumerate(coco.get("annotations", [])):
-        record = f"annotations[{index}]" + (
-            f" (id {annotation['id']})" if "id" in annotation else ""
-        )
-        missing = [
-            field
-            for field in _ANNOTATION_FIELDS
-            if field not in annotation
-            and not (field == "keypoints" and annotation.get("category_id") not in kept)
-        ]
-        if missing:
-            raise ValueError(
-                f"{record} has no {missing}; every annotation needs {list(_ANNOTATION_FIELDS)} "
-                f"(a person or crowd without labelled keypoints has {num_keypoints} x [0, 0, 0])"
-            )
-        # COCOeval records a match by the ground truth's id and counts ids > 0 as matched.
-        if not (is_int(annotation["id"]) and annotation["id"] > 0):
-            raise ValueError(
-                f"{record}: annotation ids must be positive integers (COCO's evaluation takes a "
-                "match with id 0 for none)"
-            )
+        _check_annotation(index, annotation, images, category_ids, kept, keypoint_names)
         if annotation["id"] in annotation_ids:
-            raise ValueError(f"{record}: annotation id {annotation['id']!r} appears twice")
+            raise ValueError(
+                f"annotations[{index}] (id {annotation['id']}): annotation id "
+                f"{annotation['id']!r} appears twice"
+            )
         annotation_ids.add(annotation["id"])
-        if annotation["image_id"] not in images:
-            raise ValueError(
-                f"{record}: image_id {annotation['image_id']!r} is not the id of an image of "
-                "the file"
-            )
-        if annotation["category_id"] not in categories:
-            raise ValueError(
-                f"{record}: category_id {annotation['category_id']!r} is not the id of a "
-                "category of the file"
-            )
-        bbox = annotation["bbox"]
-        if not (isinstance(bbox, list) and len(bbox) == 4 and all(map(is_finite_number, bbox))):
-            raise ValueError(f"{record}: bbox {bbox!r} is not [x, y, width, height]")
-        if annotation["category_id"] not in kept:
-            continue
-        keypoints = annotation["keypoints"]
-        if len(keypoints) != 3 * num_keypoints:
-            raise ValueError(
-                f"{record} has {len(keypoints)} keypoint values; the dataset's {num_keypoints} "
-                f"keypoints ({list(keypoint_names)}) need {3 * num_keypoints} (x, y, visibility)"
-            )
 
 
 def load_coco_keypoint_json(json_file, image_root, dataset_name):
@@ -397,9 +405,7 @@ def _register_without_keypoints(name, json_file, image_root):
     DatasetCatalog.register(
         name, functools.partial(load_coco_keypoint_json, json_file, image_root, name)
     )
-    MetadataCatalog.get(name).set(
-        json_file=json_file, image_root=image_root, evaluator_type="coco"
-    )
+    MetadataCatalog.get(name).set(json_file=json_file, image_root=image_root, evaluator_type="coco")
 
 
 def _registered_without_keypoints(name, json_file, image_root):

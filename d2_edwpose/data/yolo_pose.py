@@ -39,6 +39,7 @@ from ..utils.image_files import (
     exif_orientation,
     is_image_file,
 )
+from ..utils.validation import is_int
 from .coco_categories import keypoint_set_from_categories
 
 __all__ = ["coco_to_yolo_pose", "read_yolo_pose_yaml", "yolo_pose_to_coco"]
@@ -58,7 +59,7 @@ def _names_by_class(value, key, yaml_file):
         raise ValueError(f"{yaml_file}: {key} {value!r} is not a list or a mapping by class index")
     result = {}
     for index, name in items:
-        if not (isinstance(index, int) and index >= 0):
+        if not (is_int(index) and index >= 0):
             raise ValueError(f"{yaml_file}: {key} has the class index {index!r}")
         result[index] = name
     return result
@@ -79,7 +80,7 @@ def read_yolo_pose_yaml(yaml_file):
     if not (
         isinstance(shape, list)
         and len(shape) == 2
-        and all(isinstance(v, int) for v in shape)
+        and all(map(is_int, shape))
         and shape[0] > 0
         and shape[1] in (2, 3)
     ):

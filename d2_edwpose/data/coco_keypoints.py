@@ -20,6 +20,8 @@ import json
 import logging
 import os
 
+from pycocotools import mask as mask_util
+
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.data.datasets import load_coco_json
 from detectron2.data.datasets.builtin_meta import COCO_PERSON_KEYPOINT_NAMES
@@ -176,8 +178,6 @@ def category_selection(dataset_name, categories):
 
 def _segmentation_area(segmentation, height, width):
     """pycocotools' pixel area of a polygon list or an RLE; None for no usable segmentation."""
-    from pycocotools import mask as mask_util
-
     if isinstance(segmentation, list):
         polygons = [p for p in segmentation if len(p) >= 6]
         if not polygons:

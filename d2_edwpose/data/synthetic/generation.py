@@ -4,6 +4,7 @@ skipped when the folder already holds the same dataset."""
 import json
 import logging
 import os
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -11,7 +12,7 @@ import numpy as np
 from detectron2.data.datasets.builtin_meta import COCO_PERSON_KEYPOINT_NAMES
 
 from ...utils.atomic_files import atomic_open, atomic_path
-from .rendering import render_image
+from .rendering import render_clip, render_image
 
 logger = logging.getLogger(__name__)
 
@@ -151,10 +152,6 @@ def generate_synthetic_clip(
     hidden for the most part.
     Deterministic in its arguments; a clip already written with the same ones is kept.
     """
-    from pathlib import Path
-
-    from .rendering import render_clip
-
     path = Path(path)
     truth_path = path.with_suffix(".json")
     for name, value in (("num_frames", num_frames), ("num_people", num_people), ("seed", seed)):

@@ -42,10 +42,10 @@ from detectron2.evaluation import DatasetEvaluators, inference_on_dataset
 from detectron2.modeling import build_model
 from detectron2.utils.logger import setup_logger
 
-from d2_edwpose.data import register_config_datasets
 from d2_edwpose.engine.checkpoint import AtomicValidatingCheckpointer
+from d2_edwpose.model_zoo import PAPER_CONFIGS, REALTIME_CONFIG, STOCK_R50_CONFIG
+from d2_edwpose.modeling.analysis import analysis_config
 from d2_edwpose.modeling.cpu_inference import optimize_for_inference
-from d2_edwpose.tools.analyze_model import PAPER_CONFIGS, REALTIME_CONFIG, STOCK_R50, load_config
 
 from .deploy import DEPLOY_ROWS, deploy_row, profile_runner, runner_call
 from .direct import config_models, format_table, plot_sweep, run_direct
@@ -76,7 +76,9 @@ def _video_size(text):
     try:
         width, height = (int(v) for v in text.lower().split("x"))
     except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r}: expected WIDTHxHEIGHT, e.g. 1280x720") from None
+        raise argparse.ArgumentTypeError(
+            f"{text!r}: expected WIDTHxHEIGHT, e.g. 1280x720"
+        ) from None
     return width, height
 
 
@@ -85,10 +87,8 @@ def run_dataset(args):
     its timer logs the total and the pure compute time per image."""
     setup_logger(name="detectron2")  # where detectron2's timer logs
     (path,) = args.configs
-    cfg = load_config(path, tuple(args.size))
-    cfg.merge_from_list(args.opts)
+    cfg = analysis_config(path, args.size, args.opts)
     cfg.MODEL.DEVICE = args.device
-    register_config_datasets(cfg)
     model = build_model(cfg).eval()
     AtomicValidatingCheckpointer(model).resume_or_load(cfg.MODEL.WEIGHTS, resume=False)
     if args.optimize:
@@ -109,7 +109,9 @@ def main(argv=None):
         help="configs to measure (default: the paper's three and the realtime config); "
         "exactly one with --dataset",
     )
-    parser.add_argument("--stock-r50", action="store_true", help=f"add detectron2's {STOCK_R50}")
+    parser.add_argument(
+        "--stock-r50", action="store_true", help=f"add detectron2's {STOCK_R50_CONFIG}"
+    )
     parser.add_argument(
         "--optimize",
         action="store_true",

@@ -11,8 +11,9 @@ import torch
 
 from detectron2 import model_zoo
 
+from d2_edwpose.model_zoo import STOCK_R50_CONFIG
+from d2_edwpose.modeling.analysis import analysis_config, analyze
 from d2_edwpose.modeling.cpu_inference import optimize_for_inference
-from d2_edwpose.tools.analyze_model import STOCK_R50, analyze, load_config
 
 from .deploy import deploy_rows, deploy_runners, format_runner_profile, profile_runner, runner_call
 from .timing import (
@@ -124,13 +125,12 @@ def format_profile(profiles, num_people):
 
 def config_models(args):
     """(name, config) of every model to compare."""
-    size = tuple(args.size)
-    models = [(Path(path).stem, load_config(path, size)) for path in args.configs]
+    files = [(Path(path).stem, path) for path in args.configs]
     if args.stock_r50:
-        stock = load_config(model_zoo.get_config_file(STOCK_R50), size)
-        models.append((f"detectron2 {Path(STOCK_R50).stem}", stock))
+        stock = model_zoo.get_config_file(STOCK_R50_CONFIG)
+        files.append((f"detectron2 {Path(STOCK_R50_CONFIG).stem}", stock))
+    models = [(name, analysis_config(path, args.size, args.opts)) for name, path in files]
     for _, cfg in models:
-        cfg.merge_from_list(args.opts)
         cfg.MODEL.DEVICE = args.device
     return models
 

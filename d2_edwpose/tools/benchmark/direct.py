@@ -17,9 +17,8 @@ from d2_edwpose.modeling.cpu_inference import optimize_for_inference
 
 from .deploy import deploy_rows, deploy_runners, format_runner_profile, profile_runner, runner_call
 from .timing import (
-    build_benchmark_model,
+    build_model_detecting,
     describe_cpu,
-    fix_num_detections,
     p10_p90,
     pytorch_call,
     runtime_settings,
@@ -146,7 +145,7 @@ def run_direct(args):
         with tempfile.TemporaryDirectory() as folder:
             for name, cfg, flops in models:
                 for optimized in (False, True) if args.optimize else (False,):
-                    model = build_benchmark_model(fix_num_detections(cfg.clone(), num_people))
+                    model = build_model_detecting(cfg, num_people)
                     if optimized:
                         optimize_for_inference(model)
                     kind = {"model": name, "optimized": optimized}
@@ -155,7 +154,7 @@ def run_direct(args):
                     kinds[label] = (kind, flops, model)
                 if num_people != args.num_people or name.startswith("detectron2 ") or not deploy:
                     continue
-                model = build_benchmark_model(fix_num_detections(cfg.clone(), num_people))
+                model = build_model_detecting(cfg, num_people)
                 exports = Path(args.keep_exports or folder) / name
                 runners = deploy_runners(model, deploy, image, exports)
                 for (runtime, precision), runner in runners.items():

@@ -11,10 +11,9 @@ starts N CPU processes (gloo backend).
 """
 # d2_edwpose first: it installs its detectron2 compatibility hook (d2_edwpose/compat.py) in
 # environments set up without the start-up .pth file.
-from d2_edwpose import add_edwpose_config  # isort: skip
 from d2_edwpose.engine import Trainer, check_datasets  # isort: skip
+from d2_edwpose.model_zoo import load_config  # isort: skip
 
-from detectron2.config import get_cfg
 from detectron2.engine import default_argument_parser, default_setup, launch
 from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
@@ -24,10 +23,9 @@ from d2_edwpose.modeling.cpu_inference import optimize_for_inference
 
 
 def setup(args):
-    cfg = get_cfg()
-    add_edwpose_config(cfg)
-    cfg.merge_from_file(args.config_file)
-    cfg.merge_from_list(args.opts)
+    # The datasets are registered by check_datasets and the Trainer, once the logger below
+    # writes what their registration reports to OUTPUT_DIR/log.txt.
+    cfg = load_config(args.config_file, args.opts, register_datasets=False)
     cfg.freeze()
     default_setup(cfg, args)
     setup_logger(cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="d2_edwpose")

@@ -6,18 +6,17 @@ from pathlib import Path
 
 import pytest
 
-from detectron2.config import get_cfg
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.data.datasets import register_coco_instances
 from detectron2.data.datasets.builtin_meta import _get_builtin_metadata
 
-from d2_edwpose import add_edwpose_config
 from d2_edwpose.data.synthetic import (
     default_root,
     generate_synthetic_keypoints,
     register_synthetic_keypoints,
 )
 from d2_edwpose.engine import Trainer
+from d2_edwpose.model_zoo import load_config
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEMO_CONFIG = REPO_ROOT / "configs" / "cpu_demo_keypoint_rcnn_mv3_fpn_320_edw.yaml"
@@ -89,12 +88,31 @@ def write_config(path, datasets, train, test, **sections):
 
 
 def user_cfg(config_file, *opts):
-    """The config of ``config_file`` (with d2_edwpose's keys) and ``KEY VALUE`` overrides."""
-    cfg = get_cfg()
-    add_edwpose_config(cfg)
-    cfg.merge_from_file(str(config_file))
-    cfg.merge_from_list([str(o) for o in opts])
+    """The config of ``config_file`` (with d2_edwpose's keys) and ``KEY VALUE`` overrides (any
+    values: paths, tuples, numbers), its datasets left unregistered for the test to register."""
+    return load_config(config_file, [str(o) for o in opts], register_datasets=False)
+
+
+def demo_cfg(*opts):
+    """The CPU demo config with ``KEY VALUE`` overrides, as :func:`user_cfg`."""
+    return user_cfg(DEMO_CONFIG, *opts)
+
+
+def defaults_with(section, **keys):
+    """detectron2's and d2_edwpose's defaults, with ``section.KEY`` set to each of ``keys``
+    (as assigned, unchecked: a bad value reaches the component that reads it), e.g.
+    ``defaults_with("MODEL.ROI_BOX_HEAD", NUM_FC=1)``."""
+    cfg = load_config()
+    node = cfg
+    for name in section.split("."):
+        node = node[name]
+    for key, value in keys.items():
+        node[key] = value
     return cfg
+
+
+def num_parameters(module):
+    return sum(p.numel() for p in module.parameters())
 
 
 @pytest.fixture(scope="session")
@@ -109,14 +127,11 @@ def trained(synthetic_root, tmp_path_factory):
     scoring people at 0.5 and more: scores far from the threshold, unlike random weights.
     Trained once per session, for the deployment and the video tests."""
     register_synthetic_keypoints(synthetic_root)
-    cfg = get_cfg()
-    add_edwpose_config(cfg)
-    cfg.merge_from_file(str(DEMO_CONFIG))
-    cfg.merge_from_list(
-        ["SOLVER.IMS_PER_BATCH", 4, "SOLVER.MAX_ITER", 150, "SOLVER.STEPS", (120,),
-         "SOLVER.WARMUP_ITERS", 20, "DATALOADER.NUM_WORKERS", 0, "SEED", 0,
-         "TEST.PRECISE_BN.NUM_ITER", 12, "MODEL.ROI_HEADS.SCORE_THRESH_TEST", 0.5,
-         "OUTPUT_DIR", str(tmp_path_factory.mktemp("trained"))]
+    cfg = demo_cfg(
+        "SOLVER.IMS_PER_BATCH", 4, "SOLVER.MAX_ITER", 150, "SOLVER.STEPS", (120,),
+        "SOLVER.WARMUP_ITERS", 20, "DATALOADER.NUM_WORKERS", 0, "SEED", 0,
+        "TEST.PRECISE_BN.NUM_ITER", 12, "MODEL.ROI_HEADS.SCORE_THRESH_TEST", 0.5,
+        "OUTPUT_DIR", tmp_path_factory.mktemp("trained"),
     )  # fmt: skip
     trainer = Trainer(cfg)
     trainer.resume_or_load(resume=False)

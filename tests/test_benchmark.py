@@ -10,14 +10,9 @@ from detectron2 import model_zoo
 
 from d2_edwpose.data.synthetic import generate_synthetic_keypoints, register_synthetic_keypoints
 from d2_edwpose.deploy.onnx_pose_runner import OnnxPoseRunner
+from d2_edwpose.model_zoo import CONFIG_DIR, PAPER_CONFIGS, REALTIME_CONFIG, STOCK_R50_CONFIG
+from d2_edwpose.modeling.analysis import analysis_config
 from d2_edwpose.modeling.cpu_inference import REWRITES, optimize_for_inference
-from d2_edwpose.tools.analyze_model import (
-    CONFIG_DIR,
-    PAPER_CONFIGS,
-    REALTIME_CONFIG,
-    STOCK_R50,
-    load_config,
-)
 from d2_edwpose.tools.benchmark import main
 from d2_edwpose.tools.benchmark.direct import (
     format_profile,
@@ -35,13 +30,13 @@ from d2_edwpose.tools.benchmark.timing import (
     time_interleaved,
 )
 
-MODELS = [*PAPER_CONFIGS, REALTIME_CONFIG, model_zoo.get_config_file(STOCK_R50)]
+MODELS = [*PAPER_CONFIGS, REALTIME_CONFIG, model_zoo.get_config_file(STOCK_R50_CONFIG)]
 
 
 @pytest.mark.parametrize("config", MODELS, ids=lambda p: str(p).rsplit("/", 1)[-1])
 @pytest.mark.parametrize("num_people", [1, 7])
 def test_direct_mode_yields_n_detections(config, num_people):
-    model = build_benchmark_model(fix_num_detections(load_config(config), num_people))
+    model = build_benchmark_model(fix_num_detections(analysis_config(config), num_people))
     image = torch.randint(0, 256, (3, 320, 320), dtype=torch.uint8)
     times = measure_latency(model, image, num_people, warmup=0, repeats=1)
     assert len(times) == 1 and times[0] > 0
@@ -53,14 +48,14 @@ def test_direct_mode_yields_n_detections(config, num_people):
 @pytest.mark.parametrize("config", [PAPER_CONFIGS[2], REALTIME_CONFIG], ids=lambda p: p.stem)
 def test_direct_mode_yields_n_detections_after_optimize_for_inference(config):
     model = optimize_for_inference(
-        build_benchmark_model(fix_num_detections(load_config(config), 9))
+        build_benchmark_model(fix_num_detections(analysis_config(config), 9))
     )
     image = torch.randint(0, 256, (3, 320, 320), dtype=torch.uint8)
     measure_latency(model, image, 9, warmup=0, repeats=1)
 
 
 def test_a_wrong_number_of_detections_is_an_error():
-    model = build_benchmark_model(fix_num_detections(load_config(PAPER_CONFIGS[2]), 3))
+    model = build_benchmark_model(fix_num_detections(analysis_config(PAPER_CONFIGS[2]), 3))
     with pytest.raises(RuntimeError, match="expected 4 detections, the model returned 3"):
         measure_latency(model, torch.zeros(3, 320, 320, dtype=torch.uint8), 4, warmup=0, repeats=1)
 
@@ -95,7 +90,7 @@ def test_table_states_n_and_ratios():
 
 
 def test_profile_times_every_part_and_removes_its_hooks():
-    model = build_benchmark_model(fix_num_detections(load_config(REALTIME_CONFIG), 3))
+    model = build_benchmark_model(fix_num_detections(analysis_config(REALTIME_CONFIG), 3))
     image = torch.randint(0, 256, (3, 320, 320), dtype=torch.uint8)
     profile = profile_components(model, image, warmup=0, repeats=2)
     parts = [

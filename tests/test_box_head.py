@@ -2,37 +2,27 @@
 import pytest
 import torch
 
-from detectron2.config import get_cfg
 from detectron2.layers import Conv2d, ShapeSpec
 from detectron2.modeling import build_model
 from detectron2.modeling.roi_heads.box_head import FastRCNNConvFCHead, build_box_head
 from detectron2.utils.events import EventStorage
 
-from d2_edwpose import add_edwpose_config
 from d2_edwpose.modeling.layers import DWConv, EDWConv
 from d2_edwpose.modeling.roi_heads import FastRCNNConfigurableConvFCHead
-from d2_edwpose.tools.analyze_model import REALTIME_CONFIG, analyze, load_config
+from d2_edwpose.model_zoo import REALTIME_CONFIG
+from d2_edwpose.modeling.analysis import analysis_config, analyze
 
+from conftest import defaults_with, num_parameters
 from test_model import non_square_input
 
 ROI_SHAPE = ShapeSpec(channels=128, height=7, width=7)
+HEAD_NAME = "FastRCNNConfigurableConvFCHead"
 
 
-def box_cfg(conv_type, expand_factor=2, num_conv=2, conv_dim=64, num_fc=1, fc_dim=256):
-    cfg = get_cfg()
-    add_edwpose_config(cfg)
-    cfg.MODEL.ROI_BOX_HEAD.NAME = "FastRCNNConfigurableConvFCHead"
-    cfg.MODEL.ROI_BOX_HEAD.CONV_TYPE = conv_type
-    cfg.MODEL.ROI_BOX_HEAD.EXPAND_FACTOR = expand_factor
-    cfg.MODEL.ROI_BOX_HEAD.NUM_CONV = num_conv
-    cfg.MODEL.ROI_BOX_HEAD.CONV_DIM = conv_dim
-    cfg.MODEL.ROI_BOX_HEAD.NUM_FC = num_fc
-    cfg.MODEL.ROI_BOX_HEAD.FC_DIM = fc_dim
-    return cfg
-
-
-def num_parameters(module):
-    return sum(p.numel() for p in module.parameters())
+def box_cfg(conv_type, expand_factor=2):
+    """The defaults with a box head like the realtime config's, narrower."""
+    convs = dict(CONV_TYPE=conv_type, EXPAND_FACTOR=expand_factor, NUM_CONV=2, CONV_DIM=64)
+    return defaults_with("MODEL.ROI_BOX_HEAD", NAME=HEAD_NAME, NUM_FC=1, FC_DIM=256, **convs)
 
 
 @pytest.mark.parametrize("conv_type, expand_factor", [("dw", 1), ("edw", 2), ("edw", 3)])
@@ -82,10 +72,12 @@ def test_bad_values_name_the_key(key, value, message):
 
 
 def test_realtime_config_is_light_and_trains():
-    cfg = load_config(REALTIME_CONFIG)
+    cfg = analysis_config(REALTIME_CONFIG)
     cfg.MODEL.DEVICE = "cpu"
     flops = analyze(cfg, "realtime")
-    paper = analyze(load_config(REALTIME_CONFIG.with_name("keypoint_rcnn_mv3_fpn_320_edw.yaml")), "edw")
+    paper = analyze(
+        analysis_config(REALTIME_CONFIG.with_name("keypoint_rcnn_mv3_fpn_320_edw.yaml")), "edw"
+    )
     assert flops["test_proposals"] == 100 and paper["test_proposals"] == 1000
     assert flops["box_head_gflops_at_test"] < paper["box_head_gflops_at_test"] / 20
     assert flops["keypoint_head_gflops_per_roi"] < paper["keypoint_head_gflops_per_roi"] / 10

@@ -4,38 +4,30 @@ import copy
 import numpy as np
 import torch
 
-from detectron2.config import get_cfg
 from detectron2.data import DatasetCatalog, DatasetMapper
 from detectron2.data import detection_utils as utils
 from detectron2.data import transforms as T
 from detectron2.data.datasets.builtin_meta import COCO_PERSON_KEYPOINT_NAMES
 
-from d2_edwpose import add_edwpose_config
 from d2_edwpose.data.synthetic import generate_synthetic_keypoints, register_synthetic_keypoints
 from d2_edwpose.engine import Trainer
 from d2_edwpose.modeling.meta_arch import _scale_instances
 
-from conftest import REPO_ROOT
-
+from conftest import demo_cfg
 
 
 def mirrored(name):
     """The joint a horizontal mirror image shows in place of ``name``."""
     for side, other in (("left_", "right_"), ("right_", "left_")):
         if name.startswith(side):
-            return other + name[len(side):]
+            return other + name[len(side) :]
     return name
 
 
-FLIP = {i: COCO_PERSON_KEYPOINT_NAMES.index(mirrored(n)) for i, n in enumerate(COCO_PERSON_KEYPOINT_NAMES)}
-
-
-def demo_cfg(*opts):
-    cfg = get_cfg()
-    add_edwpose_config(cfg)
-    cfg.merge_from_file(str(REPO_ROOT / "configs" / "cpu_demo_keypoint_rcnn_mv3_fpn_320_edw.yaml"))
-    cfg.merge_from_list(list(opts))
-    return cfg
+FLIP = {
+    i: COCO_PERSON_KEYPOINT_NAMES.index(mirrored(n))
+    for i, n in enumerate(COCO_PERSON_KEYPOINT_NAMES)
+}
 
 
 def test_flip_then_fixed_resize_maps_boxes_and_keypoints(tmp_path, restore_synthetic_registration):
@@ -61,7 +53,9 @@ def test_flip_then_fixed_resize_maps_boxes_and_keypoints(tmp_path, restore_synth
     sx, sy = 320 / width, 320 / height
     people = [a for a in record["annotations"] if a["iscrowd"] == 0]
     assert len(instances) == len(people) > 0
-    for person, box, keypoints in zip(people, instances.gt_boxes.tensor, instances.gt_keypoints.tensor):
+    for person, box, keypoints in zip(
+        people, instances.gt_boxes.tensor, instances.gt_keypoints.tensor
+    ):
         x, y, w, h = person["bbox"]
         expected_box = torch.tensor([(width - x - w) * sx, y * sy, (width - x) * sx, (y + h) * sy])
         assert torch.allclose(box, expected_box, atol=1e-3)
@@ -97,7 +91,12 @@ def test_trains_a_few_iterations_on_real_coco(coco_mini_dataset, tmp_path):
     assert any(
         not any(a["keypoints"][2::3]) for r in records for a in r["annotations"]
     ), "the file has people with 0 keypoints"
-    assert all(isinstance(a["segmentation"], list) for r in records for a in r["annotations"] if not a["iscrowd"])
+    assert all(
+        isinstance(a["segmentation"], list)
+        for r in records
+        for a in r["annotations"]
+        if not a["iscrowd"]
+    )
 
     cfg = demo_cfg(
         "DATASETS.TRAIN", (name,), "DATASETS.TEST", (), "OUTPUT_DIR", str(tmp_path),

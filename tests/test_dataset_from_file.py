@@ -24,7 +24,7 @@ from d2_edwpose.data.keypoint_sets import DEFAULT_OKS_SIGMA
 from d2_edwpose.data.synthetic import generate_synthetic_keypoints
 from d2_edwpose.engine import Trainer, build_predictor, check_datasets
 from d2_edwpose.engine.evaluation import KeypointCOCOEvaluator
-from d2_edwpose.tools.analyze_model import load_config
+from d2_edwpose.modeling.analysis import analysis_config
 
 from conftest import user_cfg, write_config
 from keypoint_layouts import LAYOUTS, coco_keypoint_file, write_images, write_layout
@@ -285,7 +285,7 @@ def test_a_predictor_or_analysis_of_a_user_config_takes_its_keypoint_count(tmp_p
     assert predictor.model.roi_heads.keypoint_head.num_keypoints == 16
     DatasetCatalog.remove("mine")
     MetadataCatalog.remove("mine")
-    assert load_config(config).DATASETS.TRAIN == ("mine",)
+    assert analysis_config(config).DATASETS.TRAIN == ("mine",)
     assert "mine" in DatasetCatalog.list()
 
 

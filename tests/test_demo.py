@@ -9,6 +9,7 @@ import torch
 import torchvision
 
 from d2_edwpose.data.synthetic import generate_synthetic_keypoints
+from d2_edwpose.engine.visualization import predict_and_draw_image
 from d2_edwpose.tools import demo
 
 from conftest import REPO_ROOT
@@ -27,7 +28,16 @@ def images(tmp_path_factory):
 def test_images_and_folders_are_drawn_at_their_size(images, tmp_path):
     out = tmp_path / "out"
     written = demo.main(
-        ["--config-file", CONFIG, "--input", str(images[0]), str(images[0].parent), "--output", str(out), *OPTS]
+        [
+            "--config-file",
+            CONFIG,
+            "--input",
+            str(images[0]),
+            str(images[0].parent),
+            "--output",
+            str(out),
+            *OPTS,
+        ]
     )
     assert [p.name for p in written] == [images[0].name] + [p.name for p in images]
     nothing = tmp_path / "nothing"  # same pipeline, every detection below the threshold
@@ -52,11 +62,16 @@ def test_video_frames_are_all_written_and_fps_reported(images, tmp_path, capsys)
         writer.write(cv2.resize(cv2.imread(str(path)), (width, height)))
     writer.release()
 
-    (written,) = demo.main(["--config-file", CONFIG, "--input", str(video), "--output", str(tmp_path / "out"), *OPTS])
+    (written,) = demo.main(
+        ["--config-file", CONFIG, "--input", str(video), "--output", str(tmp_path / "out"), *OPTS]
+    )
     assert written.name == "clip.mp4"
     capture = cv2.VideoCapture(str(written))
     assert int(capture.get(cv2.CAP_PROP_FRAME_COUNT)) == 2 * len(images)
-    assert (int(capture.get(cv2.CAP_PROP_FRAME_WIDTH)), int(capture.get(cv2.CAP_PROP_FRAME_HEIGHT))) == (width, height)
+    assert (
+        int(capture.get(cv2.CAP_PROP_FRAME_WIDTH)),
+        int(capture.get(cv2.CAP_PROP_FRAME_HEIGHT)),
+    ) == (width, height)
     capture.release()
     printed = capsys.readouterr().out
     assert re.search(rf"clip.avi: {2 * len(images)} frames, [0-9.]+ FPS", printed), printed
@@ -72,7 +87,7 @@ def test_bad_inputs_are_named(tmp_path):
     fake = tmp_path / "broken.jpg"
     fake.write_bytes(b"not a jpeg")
     with pytest.raises(ValueError, match="broken.jpg: not a readable image"):
-        demo.run_on_image(None, None, fake, tmp_path / "drawn.jpg")
+        predict_and_draw_image(None, None, fake, tmp_path / "drawn.jpg")
 
 
 def test_outputs_never_overwrite_inputs_or_each_other(images, tmp_path):
@@ -96,10 +111,11 @@ def test_outputs_never_overwrite_inputs_or_each_other(images, tmp_path):
 
 def test_weights_of_another_model_or_no_file_are_errors_naming_the_key(tmp_path):
     missing, out = str(tmp_path / "model_final.pth"), str(tmp_path / "out")
+    args = ["--config-file", CONFIG, "--input", str(tmp_path), "--output", out]
     with pytest.raises(FileNotFoundError, match="MODEL.WEIGHTS="):
-        demo.main(["--config-file", CONFIG, "--input", str(tmp_path), "--output", out, "MODEL.WEIGHTS", missing])
+        demo.main([*args, "MODEL.WEIGHTS", missing])
     # Another network's weights: detectron2's DefaultPredictor would only log them as skipped
     # and run with random ones.
     torch.save({"model": torchvision.models.resnet18(weights=None).state_dict()}, missing)
     with pytest.raises(ValueError, match="does not fit the model"):
-        demo.main(["--config-file", CONFIG, "--input", str(tmp_path), "--output", out, "MODEL.WEIGHTS", missing])
+        demo.main([*args, "MODEL.WEIGHTS", missing])

@@ -15,7 +15,9 @@ import torch
 
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.modeling import build_model
-from detectron2.structures.keypoints import heatmaps_to_keypoints as detectron2_heatmaps_to_keypoints
+from detectron2.structures.keypoints import (
+    heatmaps_to_keypoints as detectron2_heatmaps_to_keypoints,
+)
 
 from d2_edwpose.deploy import interpolation, onnx_pose_runner, runtimes
 from d2_edwpose.deploy.onnx_pose_runner import (
@@ -32,11 +34,11 @@ from d2_edwpose.export import (
     export_torchscript,
     load_torchscript,
 )
+from d2_edwpose.modeling.analysis import analysis_config
 from d2_edwpose.modeling.cpu_inference import optimize_for_inference
 from d2_edwpose.modeling.layers import EDWConv
 from d2_edwpose.modeling.meta_arch import resize_to_fixed_size
 from d2_edwpose.tools import export_model
-from d2_edwpose.tools.analyze_model import load_config
 from d2_edwpose.tools.benchmark import (
     build_benchmark_model,
     fix_num_detections,
@@ -89,7 +91,7 @@ def decisive_model():
     iterations is no better: its proposals along the image borders tie to 1e-5 (measured: other
     detections than PyTorch on 5 of 100 synthetic images, the demo-trained model on none).
     """
-    cfg = load_config(CONFIG)
+    cfg = analysis_config(CONFIG)
     cfg.MODEL.ROI_HEADS.SCORE_THRESH_TEST = SCORE_THRESHOLD
     torch.manual_seed(0)
     model = build_model(cfg).eval()
@@ -181,7 +183,9 @@ def test_runner_needs_neither_torch_nor_detectron2(exported, image_dir, runner, 
     expected = runner(cv2.imread(str(image)))
     assert written["source"] == str(image) and len(written["people"]) == len(expected["scores"]) > 0
     np.testing.assert_allclose([p["box"] for p in written["people"]], expected["boxes"], atol=1e-4)
-    np.testing.assert_allclose([p["keypoints"] for p in written["people"]], expected["keypoints"], atol=1e-4)
+    np.testing.assert_allclose(
+        [p["keypoints"] for p in written["people"]], expected["keypoints"], atol=1e-4
+    )
 
 
 def test_torchscript_round_trip_gives_the_same_outputs(model, exported, images):
@@ -252,7 +256,9 @@ def test_numpy_decoding_is_detectron2s():
     found = heatmaps_to_keypoints(maps.numpy(), boxes.numpy())
     np.testing.assert_allclose(found[..., :2], expected[..., :2], atol=1e-4)
     np.testing.assert_allclose(found[..., 2], expected[..., 2], rtol=1e-4)
-    none = heatmaps_to_keypoints(np.zeros((0, 17, 56, 56), np.float32), np.zeros((0, 4), np.float32))
+    none = heatmaps_to_keypoints(
+        np.zeros((0, 17, 56, 56), np.float32), np.zeros((0, 4), np.float32)
+    )
     assert none.shape == (0, 17, 3)
 
 
@@ -275,7 +281,9 @@ def test_corrupt_foreign_and_mismatched_files_are_named(exported, tmp_path, runt
     data = Path(exported["onnx"]).read_bytes()
     truncated = tmp_path / "truncated.onnx"
     truncated.write_bytes(data[: len(data) // 2])
-    with pytest.raises(ExportedModelError, match=rf"truncated.onnx: {RUNTIME_NAMES[runtime]} cannot load"):
+    with pytest.raises(
+        ExportedModelError, match=rf"truncated.onnx: {RUNTIME_NAMES[runtime]} cannot load"
+    ):
         OnnxPoseRunner(truncated)
     with pytest.raises(FileNotFoundError, match="missing.onnx"):
         OnnxPoseRunner(tmp_path / "missing.onnx")
@@ -285,7 +293,9 @@ def test_corrupt_foreign_and_mismatched_files_are_named(exported, tmp_path, runt
     y = onnx.helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1])
     graph = onnx.helper.make_graph([onnx.helper.make_node("Identity", ["x"], ["y"])], "g", [x], [y])
     onnx.save(onnx.helper.make_model(graph), foreign)
-    with pytest.raises(ExportedModelError, match=r"foreign.onnx: not a d2_edwpose pose model.*no 'd2_edwpose'"):
+    with pytest.raises(
+        ExportedModelError, match=r"foreign.onnx: not a d2_edwpose pose model.*no 'd2_edwpose'"
+    ):
         OnnxPoseRunner(foreign)
 
     def with_metadata(name, **changes):
@@ -308,7 +318,7 @@ def test_corrupt_foreign_and_mismatched_files_are_named(exported, tmp_path, runt
 
 
 def test_models_the_runner_cannot_reproduce_are_refused(tmp_path):
-    cfg = load_config(CONFIG)
+    cfg = analysis_config(CONFIG)
     cfg.MODEL.META_ARCHITECTURE = "GeneralizedRCNN"
     with pytest.raises(ValueError, match="only FixedInputSizeRCNN models"):
         export_onnx(build_model(cfg).eval(), tmp_path / "stock.onnx")
@@ -348,7 +358,7 @@ def test_export_command_names_what_misses_the_tolerances():
 
 def test_runner_latency_of_the_benchmark_model(tmp_path):
     config = REPO_ROOT / "configs" / "keypoint_rcnn_mv3_fpn_320_realtime.yaml"
-    model = build_benchmark_model(fix_num_detections(load_config(config), 3))
+    model = build_benchmark_model(fix_num_detections(analysis_config(config), 3))
     path = export_onnx(model, tmp_path / "realtime.onnx")
     image = torch.randint(0, 256, (3, 320, 320), dtype=torch.uint8)
     calls = {
@@ -367,7 +377,7 @@ def test_runner_latency_of_the_benchmark_model(tmp_path):
 def test_demo_trained_model_matches_pytorch(images, tmp_path):
     if not DEMO_WEIGHTS.is_file():
         pytest.skip(f"{DEMO_WEIGHTS} (written by `make demo`) is absent")
-    cfg = load_config(CONFIG)
+    cfg = analysis_config(CONFIG)
     model = build_model(cfg).eval()
     DetectionCheckpointer(model).load(str(DEMO_WEIGHTS))
     runner = OnnxPoseRunner(export_onnx(model, tmp_path / "demo.onnx"), num_threads=1)
@@ -380,4 +390,13 @@ def test_demo_trained_model_matches_pytorch(images, tmp_path):
 def test_export_command_refuses_a_verify_folder_without_images(tmp_path):
     (tmp_path / "notes.txt").write_text("not an image")
     with pytest.raises(FileNotFoundError, match=r"--verify .*: no image files"):
-        export_model.main(["--config-file", str(CONFIG), "--output", str(tmp_path / "out"), "--verify", str(tmp_path)])
+        export_model.main(
+            [
+                "--config-file",
+                str(CONFIG),
+                "--output",
+                str(tmp_path / "out"),
+                "--verify",
+                str(tmp_path),
+            ]
+        )

@@ -8,15 +8,20 @@ import pytest
 import torch
 
 from detectron2 import model_zoo
-from detectron2.config import get_cfg
 from detectron2.data import DatasetCatalog, MetadataCatalog, build_detection_test_loader
 from detectron2.evaluation import COCOEvaluator
 from detectron2.modeling import build_model
 from detectron2.structures import Boxes, Instances
 
 from d2_edwpose import compat
+from d2_edwpose.model_zoo import load_config
 
-D2_MODULES = ["detectron2.modeling", "detectron2.layers", "detectron2.evaluation", "detectron2.engine"]
+D2_MODULES = [
+    "detectron2.modeling",
+    "detectron2.layers",
+    "detectron2.evaluation",
+    "detectron2.engine",
+]
 
 
 @pytest.mark.parametrize("first", range(len(D2_MODULES)))
@@ -24,19 +29,23 @@ def test_detectron2_imports_in_any_order_without_d2_edwpose(first):
     order = D2_MODULES[first:] + D2_MODULES[:first]
     if first % 2:
         order = order[:1] + order[1:][::-1]
-    code = "import sys\n" + "".join(f"import {m}\n" for m in order) + (
-        "assert 'd2_edwpose' not in sys.modules, 'the check must not rely on d2_edwpose'\n"
-        "print('ok')\n"
+    code = (
+        "import sys\n"
+        + "".join(f"import {m}\n" for m in order)
+        + (
+            "assert 'd2_edwpose' not in sys.modules, 'the check must not rely on d2_edwpose'\n"
+            "print('ok')\n"
+        )
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.returncode == 0 and result.stdout.strip() == "ok", (order, result.stderr[-2000:])
 
 
 def test_stock_keypoint_rcnn_from_model_zoo_runs_inference_on_cpu():
-    cfg = get_cfg()
-    cfg.merge_from_file(model_zoo.get_config_file("COCO-Keypoints/keypoint_rcnn_R_50_FPN_1x.yaml"))
-    cfg.MODEL.DEVICE = "cpu"
-    cfg.MODEL.WEIGHTS = ""
+    cfg = load_config(
+        model_zoo.get_config_file("COCO-Keypoints/keypoint_rcnn_R_50_FPN_1x.yaml"),
+        ["MODEL.DEVICE", "cpu", "MODEL.WEIGHTS", ""],
+    )
     torch.manual_seed(0)
     model = build_model(cfg).eval()
     height, width = 160, 224
@@ -60,7 +69,9 @@ def test_compiled_only_ops_raise_a_clear_error():
             torch.zeros(1, 1, 16, 16), torch.cat([torch.zeros(2, 1), boxes], dim=1)
         ),
         "nms_rotated": lambda: nms_rotated(boxes, torch.tensor([0.9, 0.8]), 0.5),
-        "pairwise_iou_rotated": lambda: pairwise_iou_rotated(RotatedBoxes(boxes), RotatedBoxes(boxes)),
+        "pairwise_iou_rotated": lambda: pairwise_iou_rotated(
+            RotatedBoxes(boxes), RotatedBoxes(boxes)
+        ),
     }
     for op_name, call in calls.items():
         with pytest.raises(compat.CompiledOpUnavailable) as error:
@@ -85,10 +96,10 @@ def _ground_truth_as_predictions(dataset_dict, annotations):
 def test_coco_evaluator_scores_ground_truth_on_real_coco_file(coco_mini_dataset, tmp_path):
     name = coco_mini_dataset
     annotations = {d["image_id"]: d["annotations"] for d in DatasetCatalog.get(name)}
-    cfg = get_cfg()
-    cfg.DATALOADER.NUM_WORKERS = 0
-    loader = build_detection_test_loader(cfg, name)
-    evaluator = COCOEvaluator(name, tasks=("keypoints",), distributed=False, output_dir=str(tmp_path))
+    loader = build_detection_test_loader(load_config(opts=["DATALOADER.NUM_WORKERS", 0]), name)
+    evaluator = COCOEvaluator(
+        name, tasks=("keypoints",), distributed=False, output_dir=str(tmp_path)
+    )
     evaluator.reset()
     people_without_keypoints = 0
     for inputs in loader:

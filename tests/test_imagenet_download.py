@@ -14,11 +14,11 @@ import torchvision
 from torch import nn
 
 import d2_edwpose.modeling.backbone  # noqa: F401 (registers the backbones)
-from d2_edwpose.config import add_edwpose_config
 from d2_edwpose.tools.convert_torchvision_mobilenetv3 import main as convert_main
 from detectron2.checkpoint import DetectionCheckpointer
-from detectron2.config import get_cfg
 from detectron2.modeling import build_backbone
+
+from test_mobilenetv3 import backbone_cfg
 
 PROG = "python -m d2_edwpose.tools.convert_torchvision_mobilenetv3"
 WEIGHTS = {
@@ -66,14 +66,8 @@ def _random_weights(arch):
 
 
 def _backbone(arch):
-    cfg = get_cfg()
-    add_edwpose_config(cfg)
-    cfg.MODEL.DEVICE = "cpu"
-    cfg.MODEL.BACKBONE.NAME = "build_mobilenetv3_fpn_backbone"
-    cfg.MODEL.FPN.IN_FEATURES = ["stage2", "stage3", "stage4", "stage5"]
-    cfg.MODEL.MOBILENETV3.ARCH = arch
     model = nn.Module()  # holds it as a detector does: the .pkl's names are backbone.*
-    model.backbone = build_backbone(cfg)
+    model.backbone = build_backbone(backbone_cfg(arch))
     return model
 
 

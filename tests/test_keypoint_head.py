@@ -7,7 +7,6 @@ import torch.nn.functional as F
 from fvcore.nn import FlopCountAnalysis
 from torch import nn
 
-from detectron2.config import get_cfg
 from detectron2.layers import Conv2d, ShapeSpec
 from detectron2.modeling.roi_heads.keypoint_head import (
     KRCNNConvDeconvUpsampleHead,
@@ -17,9 +16,10 @@ from detectron2.structures import Boxes, Instances, Keypoints
 from detectron2.utils.events import EventStorage
 
 import d2_edwpose.modeling  # noqa: F401 (registers the head)
-from d2_edwpose.config import add_edwpose_config
 from d2_edwpose.modeling.layers import DWConv, EDWConv, conv_class_of_type
 from d2_edwpose.modeling.roi_heads import KRCNNConfigurableConvDeconvUpsampleHead
+
+from conftest import defaults_with, num_parameters
 
 HEAD_NAME = "KRCNNConfigurableConvDeconvUpsampleHead"
 ROI_SHAPE = ShapeSpec(channels=256, width=14, height=14)
@@ -34,17 +34,13 @@ def separable_conv(in_channels, out_channels, kernel_size, expand_factor, **kwar
 
 
 def keypoint_cfg(conv_type, conv_dims=(512,) * 8, expand_factor=2):
-    cfg = get_cfg()
-    add_edwpose_config(cfg)
-    cfg.MODEL.ROI_KEYPOINT_HEAD.NAME = HEAD_NAME
-    cfg.MODEL.ROI_KEYPOINT_HEAD.CONV_TYPE = conv_type
-    cfg.MODEL.ROI_KEYPOINT_HEAD.CONV_DIMS = conv_dims
-    cfg.MODEL.ROI_KEYPOINT_HEAD.EXPAND_FACTOR = expand_factor
-    return cfg
-
-
-def num_parameters(module):
-    return sum(p.numel() for p in module.parameters())
+    return defaults_with(
+        "MODEL.ROI_KEYPOINT_HEAD",
+        NAME=HEAD_NAME,
+        CONV_TYPE=conv_type,
+        CONV_DIMS=conv_dims,
+        EXPAND_FACTOR=expand_factor,
+    )
 
 
 # --- DWConv / EDWConv --------------------------------------------------------------------------
@@ -281,7 +277,9 @@ def test_training_step_reaches_every_parameter(conv_type):
 
 
 def test_decoding_equals_detectron2s_exactly():
-    from detectron2.modeling.roi_heads.keypoint_head import keypoint_rcnn_inference as stock_inference
+    from detectron2.modeling.roi_heads.keypoint_head import (
+        keypoint_rcnn_inference as stock_inference,
+    )
     from detectron2.structures.keypoints import heatmaps_to_keypoints as stock_decoding
 
     from d2_edwpose.modeling.roi_heads.keypoint_decoding import (
@@ -299,7 +297,10 @@ def test_decoding_equals_detectron2s_exactly():
     assert torch.equal(heatmaps_to_keypoints(maps, boxes), expected)
     assert torch.equal(torch.jit.script(heatmaps_to_keypoints)(maps, boxes), expected)
 
-    stock, ours = [Instances((320, 320)), Instances((320, 320))], [Instances((320, 320)), Instances((320, 320))]
+    stock, ours = [Instances((320, 320)), Instances((320, 320))], [
+        Instances((320, 320)),
+        Instances((320, 320)),
+    ]
     for instances in (stock, ours):
         instances[0].pred_boxes = Boxes(boxes[:4])
         instances[1].pred_boxes = Boxes(boxes[4:])

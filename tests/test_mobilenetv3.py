@@ -13,15 +13,15 @@ import torchvision
 from torch import nn
 
 import d2_edwpose.modeling.backbone  # noqa: F401 (registers the backbones)
-from d2_edwpose.config import add_edwpose_config
 from d2_edwpose.modeling.backbone.torchvision_weights import convert_torchvision_mobilenetv3
 from d2_edwpose.tools.convert_torchvision_mobilenetv3 import main as convert_main
 from detectron2.checkpoint import DetectionCheckpointer
-from detectron2.config import get_cfg
 from detectron2.layers import FrozenBatchNorm2d, ShapeSpec
 from detectron2.modeling import BACKBONE_REGISTRY, build_backbone, build_model
 from detectron2.structures import Boxes, Instances, Keypoints
 from detectron2.utils.events import EventStorage
+
+from conftest import defaults_with
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -41,24 +41,21 @@ LAST_INDEX = {
 }
 
 
-def _cfg(arch="large", width_mult=1.0, norm="FrozenBN", freeze_at=0, **mobilenetv3):
-    cfg = get_cfg()
-    add_edwpose_config(cfg)
+def backbone_cfg(arch="large", width_mult=1.0, norm="FrozenBN", freeze_at=0, **mobilenetv3):
+    """The defaults with the MobileNetV3-FPN backbone on CPU; ``mobilenetv3``: more
+    ``MODEL.MOBILENETV3`` keys."""
+    keys = dict(ARCH=arch, WIDTH_MULT=width_mult, NORM=norm, **mobilenetv3)
+    cfg = defaults_with("MODEL.MOBILENETV3", **keys)
     cfg.MODEL.DEVICE = "cpu"
     cfg.MODEL.BACKBONE.NAME = "build_mobilenetv3_fpn_backbone"
     cfg.MODEL.BACKBONE.FREEZE_AT = freeze_at
     cfg.MODEL.FPN.IN_FEATURES = STAGES
-    cfg.MODEL.MOBILENETV3.ARCH = arch
-    cfg.MODEL.MOBILENETV3.WIDTH_MULT = width_mult
-    cfg.MODEL.MOBILENETV3.NORM = norm
-    for key, value in mobilenetv3.items():
-        cfg.MODEL.MOBILENETV3[key] = value
     return cfg
 
 
 def _detector_cfg(**kwargs):
     """detectron2's Base-RCNN-FPN with the MobileNetV3-FPN backbone, with narrower heads."""
-    cfg = _cfg(**kwargs)
+    cfg = backbone_cfg(**kwargs)
     # The stock widths (256-channel FPN, 1024-wide box head) make CPU tests slow.
     cfg.MODEL.FPN.OUT_CHANNELS = 64
     cfg.MODEL.ROI_BOX_HEAD.FC_DIM = 256
@@ -83,7 +80,7 @@ def _layer_index(name):
 
 @pytest.mark.parametrize("arch,width_mult", sorted(CHANNELS))
 def test_outputs_and_output_shape(arch, width_mult):
-    backbone = _bottom_up(_cfg(arch, width_mult))
+    backbone = _bottom_up(backbone_cfg(arch, width_mult))
     channels = dict(zip(STAGES, CHANNELS[arch, width_mult]))
     assert backbone.output_shape() == {
         name: ShapeSpec(channels=channels[name], stride=STRIDES[name]) for name in STAGES
@@ -96,7 +93,7 @@ def test_outputs_and_output_shape(arch, width_mult):
 
 
 def test_out_features_subset_drops_later_layers():
-    backbone = _bottom_up(_cfg("large", OUT_FEATURES=["stage3"]))
+    backbone = _bottom_up(backbone_cfg("large", OUT_FEATURES=["stage3"]))
     assert set(backbone.output_shape()) == {"stage3"}
     assert len(backbone.features) == LAST_INDEX["large"]["stage3"] + 1
     with torch.no_grad():
@@ -106,7 +103,7 @@ def test_out_features_subset_drops_later_layers():
 
 @pytest.mark.parametrize("arch", ["large", "small"])
 def test_fpn_backbone(arch):
-    cfg = _cfg(arch)
+    cfg = backbone_cfg(arch)
     cfg.MODEL.FPN.OUT_CHANNELS = 64
     backbone = build_backbone(cfg)
     levels = {f"p{k}": 2**k for k in range(2, 7)}
@@ -219,7 +216,7 @@ def test_converted_torchvision_weights_reproduce_torchvision(tmp_path, arch, wid
     [("large", k) for k in range(6)] + [("small", 2), ("small", 4)],
 )
 def test_freeze_at(arch, freeze_at):
-    backbone = _bottom_up(_cfg(arch, norm="BN", freeze_at=freeze_at))
+    backbone = _bottom_up(backbone_cfg(arch, norm="BN", freeze_at=freeze_at))
     stage_ends = list(LAST_INDEX[arch].values())
     last_frozen = stage_ends[freeze_at - 1] if freeze_at else -1
     for name, param in backbone.named_parameters():
@@ -244,7 +241,7 @@ def test_freeze_at(arch, freeze_at):
     ],
 )
 def test_norm(norm, norm_type):
-    cfg = _cfg("small", norm=norm)
+    cfg = backbone_cfg("small", norm=norm)
     cfg.MODEL.FPN.NORM = "GN" if norm == "GN" else ""
     backbone = build_backbone(cfg)
     norms = [
@@ -277,7 +274,7 @@ def test_norm(norm, norm_type):
 
 def test_random_initialisation_is_torchvisions():
     torch.manual_seed(0)
-    backbone = _bottom_up(_cfg("large", norm="BN"))
+    backbone = _bottom_up(backbone_cfg("large", norm="BN"))
     depthwise = backbone.features[13].block[1][0]  # 672 channels, 5 x 5, groups=672
     fan_out = depthwise.weight.shape[0] * 5 * 5  # kaiming_normal_'s mode="fan_out"
     assert depthwise.weight.std().item() == pytest.approx(math.sqrt(2 / fan_out), rel=0.05)
@@ -304,7 +301,7 @@ def test_random_initialisation_is_torchvisions():
 def test_invalid_config(key, value, message):
     # The builder checks the keys it reads: every model built from the config
     # (build_model, DefaultPredictor, the trainer) gets the same errors.
-    cfg = _cfg()
+    cfg = backbone_cfg()
     node, name = key.split(".")
     cfg.MODEL[node][name] = value
     with pytest.raises(ValueError) as error:
@@ -313,7 +310,7 @@ def test_invalid_config(key, value, message):
 
 
 def test_fpn_inputs_must_be_outputs():
-    cfg = _cfg(OUT_FEATURES=["stage3", "stage4", "stage5"])
+    cfg = backbone_cfg(OUT_FEATURES=["stage3", "stage4", "stage5"])
     with pytest.raises(ValueError, match=r"MODEL\.FPN\.IN_FEATURES=\['stage2', .* is invalid"):
         build_backbone(cfg)
     cfg.MODEL.FPN.IN_FEATURES = ["stage3", "stage4", "stage5"]
@@ -323,7 +320,7 @@ def test_fpn_inputs_must_be_outputs():
 @pytest.mark.parametrize("norm", ["FrozenBN", ""])
 def test_other_input_channels(norm):
     backbone = BACKBONE_REGISTRY.get("build_mobilenetv3_backbone")(
-        _cfg("small", norm=norm), ShapeSpec(channels=1)
+        backbone_cfg("small", norm=norm), ShapeSpec(channels=1)
     )
     stem = backbone.features[0][0]
     assert stem.weight.shape == (16, 1, 3, 3) and (stem.bias is None) == bool(norm)

@@ -1,28 +1,22 @@
 """The paper's three configs build and train/infer end to end with detectron2's stock parts."""
-from pathlib import Path
 
 import pytest
 import torch
 
-from detectron2.config import get_cfg
 from detectron2.engine import DefaultPredictor
 from detectron2.modeling import build_model
 from detectron2.structures import Boxes, Instances, Keypoints
 from detectron2.utils.events import EventStorage
 
-from d2_edwpose import add_edwpose_config
+from d2_edwpose.model_zoo import CONFIG_DIR, load_config
 from d2_edwpose.modeling.meta_arch import FixedInputSizeRCNN
 
-CONFIGS = Path(__file__).resolve().parent.parent / "configs"
 PAPER_CONFIGS = [f"keypoint_rcnn_mv3_fpn_320_{t}.yaml" for t in ("vanilla", "dw", "edw")]
 
 
-def load_config(name, *opts):
-    cfg = get_cfg()
-    add_edwpose_config(cfg)
-    cfg.merge_from_file(str(CONFIGS / name))
-    cfg.merge_from_list(["MODEL.DEVICE", "cpu", "MODEL.WEIGHTS", "", *opts])
-    return cfg
+def cpu_config(name, *opts):
+    """The shipped config ``name`` on CPU, with random weights, and ``KEY VALUE`` overrides."""
+    return load_config(CONFIG_DIR / name, ["MODEL.DEVICE", "cpu", "MODEL.WEIGHTS", "", *opts])
 
 
 def person_instances(image_size):
@@ -47,7 +41,7 @@ def non_square_input(height=240, width=360):
 
 @pytest.mark.parametrize("config", PAPER_CONFIGS)
 def test_paper_config_trains_and_infers_on_cpu(config):
-    cfg = load_config(config)
+    cfg = cpu_config(config)
     assert cfg.MODEL.ROI_KEYPOINT_HEAD.CONV_TYPE in config
     torch.manual_seed(0)
     model = build_model(cfg)
@@ -56,7 +50,9 @@ def test_paper_config_trains_and_infers_on_cpu(config):
     model.train()
     with EventStorage():
         losses = model([non_square_input(), non_square_input(300, 200)])
-    assert {"loss_rpn_cls", "loss_rpn_loc", "loss_cls", "loss_box_reg", "loss_keypoint"} <= set(losses)
+    assert {"loss_rpn_cls", "loss_rpn_loc", "loss_cls", "loss_box_reg", "loss_keypoint"} <= set(
+        losses
+    )
     assert all(torch.isfinite(v) for v in losses.values()), losses
     sum(losses.values()).backward()
     # DistributedDataParallel requires every trainable parameter to take part in the loss.
@@ -73,22 +69,26 @@ def test_paper_config_trains_and_infers_on_cpu(config):
     # Keypoints are decoded inside their box, in original-image coordinates.
     boxes = instances.pred_boxes.tensor
     xy = instances.pred_keypoints[..., :2]
-    assert (xy[..., 0] >= boxes[:, None, 0] - 1).all() and (xy[..., 0] <= boxes[:, None, 2] + 1).all()
-    assert (xy[..., 1] >= boxes[:, None, 1] - 1).all() and (xy[..., 1] <= boxes[:, None, 3] + 1).all()
+    assert (xy[..., 0] >= boxes[:, None, 0] - 1).all() and (
+        xy[..., 0] <= boxes[:, None, 2] + 1
+    ).all()
+    assert (xy[..., 1] >= boxes[:, None, 1] - 1).all() and (
+        xy[..., 1] <= boxes[:, None, 3] + 1
+    ).all()
     assert boxes[:, 2].max() <= 360 and boxes[:, 3].max() <= 240
 
 
 def test_three_paper_configs_differ_only_in_conv_type():
     dumps = {}
     for name in PAPER_CONFIGS:
-        cfg = load_config(name)
+        cfg = cpu_config(name)
         cfg.MODEL.ROI_KEYPOINT_HEAD.CONV_TYPE = "?"
         dumps[name] = cfg.dump()
     assert len(set(dumps.values())) == 1
 
 
 def test_paper_settings():
-    cfg = load_config("keypoint_rcnn_mv3_fpn_320_edw.yaml")
+    cfg = cpu_config("keypoint_rcnn_mv3_fpn_320_edw.yaml")
     assert tuple(cfg.INPUT.FIXED_SIZE) == (320, 320)
     assert cfg.SOLVER.BASE_LR == 0.02 and cfg.SOLVER.MAX_ITER == 90000
     assert tuple(cfg.SOLVER.STEPS) == (60000, 80000) and cfg.SOLVER.GAMMA == 0.1
@@ -99,7 +99,7 @@ def test_paper_settings():
 
 def test_fixed_resize_is_the_same_for_default_predictor_and_model(tmp_path):
     """DefaultPredictor (a BGR numpy image) and a direct call give identical results."""
-    cfg = load_config("keypoint_rcnn_mv3_fpn_320_edw.yaml", "INPUT.FORMAT", "BGR")
+    cfg = cpu_config("keypoint_rcnn_mv3_fpn_320_edw.yaml", "INPUT.FORMAT", "BGR")
     torch.manual_seed(0)
     predictor = DefaultPredictor(cfg)
     image = torch.randint(0, 256, (250, 410, 3), dtype=torch.uint8).numpy()
@@ -122,7 +122,7 @@ def test_fixed_resize_is_the_same_for_default_predictor_and_model(tmp_path):
     ],
 )
 def test_bad_values_fail_at_build_naming_the_key(key, value, message):
-    cfg = load_config("keypoint_rcnn_mv3_fpn_320_edw.yaml")
+    cfg = cpu_config("keypoint_rcnn_mv3_fpn_320_edw.yaml")
     cfg.merge_from_list([key, value])
     with pytest.raises(ValueError, match=message.replace(".", r"\.")):
         build_model(cfg)
@@ -144,16 +144,20 @@ def test_ground_truth_is_scaled_with_the_image():
 
 
 def test_outputs_come_back_in_input_image_coordinates(monkeypatch):
-    model = build_model(load_config("keypoint_rcnn_mv3_fpn_320_edw.yaml")).eval()
+    model = build_model(cpu_config("keypoint_rcnn_mv3_fpn_320_edw.yaml")).eval()
     seen = {}
 
     def roi_heads_on_fixed_size(images, features, proposals, targets=None):
         seen["network_input"] = tuple(images.tensor.shape[-2:])
         instances = Instances(images.image_sizes[0])
-        instances.pred_boxes = Boxes(torch.tensor([[0.0, 0.0, 320.0, 320.0], [80.0, 40.0, 160.0, 200.0]]))
+        instances.pred_boxes = Boxes(
+            torch.tensor([[0.0, 0.0, 320.0, 320.0], [80.0, 40.0, 160.0, 200.0]])
+        )
         instances.scores = torch.tensor([0.9, 0.8])
         instances.pred_classes = torch.zeros(2, dtype=torch.int64)
-        instances.pred_keypoints = torch.tensor([[[160.0, 160.0, 1.0]] * 17, [[80.0, 40.0, 1.0]] * 17])
+        instances.pred_keypoints = torch.tensor(
+            [[[160.0, 160.0, 1.0]] * 17, [[80.0, 40.0, 1.0]] * 17]
+        )
         return [instances], {}
 
     monkeypatch.setattr(model.roi_heads, "forward", roi_heads_on_fixed_size)
@@ -164,12 +168,16 @@ def test_outputs_come_back_in_input_image_coordinates(monkeypatch):
     assert instances.image_size == (240, 360)
     expected_boxes = torch.tensor([[0.0, 0.0, 360.0, 240.0], [90.0, 30.0, 180.0, 150.0]])
     assert torch.allclose(instances.pred_boxes.tensor, expected_boxes)
-    assert torch.allclose(instances.pred_keypoints[0, :, :2], torch.tensor([180.0, 120.0]).expand(17, 2))
-    assert torch.allclose(instances.pred_keypoints[1, :, :2], torch.tensor([90.0, 30.0]).expand(17, 2))
+    assert torch.allclose(
+        instances.pred_keypoints[0, :, :2], torch.tensor([180.0, 120.0]).expand(17, 2)
+    )
+    assert torch.allclose(
+        instances.pred_keypoints[1, :, :2], torch.tensor([90.0, 30.0]).expand(17, 2)
+    )
 
 
 def test_images_of_the_fixed_size_pass_through_untouched():
-    model = build_model(load_config("keypoint_rcnn_mv3_fpn_320_edw.yaml"))
+    model = build_model(cpu_config("keypoint_rcnn_mv3_fpn_320_edw.yaml"))
     inputs = {"image": torch.zeros(3, 320, 320, dtype=torch.uint8)}
     (resized,) = model._resize_inputs([inputs])
     assert resized is inputs

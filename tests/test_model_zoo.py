@@ -7,9 +7,11 @@ import sys
 
 import pytest
 
+from detectron2.data import DatasetCatalog
+
 from d2_edwpose import model_zoo
 
-from conftest import REPO_ROOT
+from conftest import REPO_ROOT, write_config
 
 SHIPPED = sorted(path.stem for path in (REPO_ROOT / "configs").glob("*.yaml"))
 
@@ -38,6 +40,19 @@ def test_get_config_merges_the_file_and_its_bases_over_the_defaults():
     assert cfg.MODEL.ROI_KEYPOINT_HEAD.CONV_TYPE == "edw"  # keypoint_rcnn_mv3_fpn_320_edw.yaml
     assert cfg.MODEL.META_ARCHITECTURE == "FixedInputSizeRCNN"  # the base
     assert cfg.MODEL.DEVICE == "cpu" and cfg.MODEL.WEIGHTS == ""  # the file itself
+
+
+def test_load_config_merges_the_overrides_and_registers_the_datasets(
+    tmp_path, unregister_test_datasets
+):
+    files = {"JSON_FILE": str(tmp_path / "mine.json"), "IMAGE_ROOT": str(tmp_path)}
+    config = write_config(tmp_path / "config.yaml", {"mine": files}, ["mine"], [])
+    model_zoo.load_config(config, register_datasets=False)
+    assert "mine" not in DatasetCatalog.list()
+    cfg = model_zoo.load_config(config, ["OUTPUT_DIR", str(tmp_path)])
+    assert cfg.OUTPUT_DIR == str(tmp_path) and cfg.DATASETS.TRAIN == ("mine",)
+    assert "mine" in DatasetCatalog.list()
+    assert model_zoo.load_config().MODEL.ROI_KEYPOINT_HEAD.CONV_TYPE == "vanilla"  # defaults
 
 
 # Run outside the checkout, with only the installed copy importable.

@@ -22,7 +22,8 @@ from d2_edwpose.modeling.cpu_inference import (
 from d2_edwpose.modeling.cpu_inference.channels_last_roi import ChannelsLastROIPooler
 from d2_edwpose.modeling.cpu_inference.edwconv_split import SplitEDWConv
 from d2_edwpose.modeling.cpu_inference.module_replacement import replace_modules
-from d2_edwpose.tools.analyze_model import CONFIG_DIR, REALTIME_CONFIG, load_config
+from d2_edwpose.model_zoo import CONFIG_DIR, REALTIME_CONFIG
+from d2_edwpose.modeling.analysis import analysis_config
 from d2_edwpose.tools.benchmark import fix_num_detections
 
 
@@ -309,7 +310,7 @@ def calibrated_model(cfg, generator):
     ids=lambda p: p.stem,
 )  # fmt: skip
 def test_optimized_model_gives_the_same_detections(config):
-    cfg = fix_num_detections(load_config(config), 20)
+    cfg = fix_num_detections(analysis_config(config), 20)
     cfg.MODEL.DEVICE = "cpu"
     generator = torch.Generator().manual_seed(0)
     model = calibrated_model(cfg, generator)
@@ -362,7 +363,7 @@ def applied_rewrites(model):
 
 @pytest.mark.parametrize("skipped", REWRITES)
 def test_a_skipped_rewrite_leaves_its_modules_and_the_others_the_same_detections(skipped):
-    cfg = fix_num_detections(load_config(CONFIG_DIR / "keypoint_rcnn_mv3_fpn_320_edw.yaml"), 20)
+    cfg = fix_num_detections(analysis_config(CONFIG_DIR / "keypoint_rcnn_mv3_fpn_320_edw.yaml"), 20)
     cfg.MODEL.DEVICE = "cpu"
     generator = torch.Generator().manual_seed(0)
     model = calibrated_model(cfg, generator)

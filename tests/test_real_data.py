@@ -22,6 +22,7 @@ from detectron2.data.datasets.builtin_meta import _get_builtin_metadata
 from detectron2.structures import Boxes, Instances
 
 from d2_edwpose.data import CROWDPOSE_KEYPOINTS, register_config_datasets, register_keypoint_dataset
+from d2_edwpose.data.catalog import keypoint_metadata
 from d2_edwpose.data.coco_keypoints import complete_coco_annotations
 from d2_edwpose.deploy.onnx_pose_runner import OnnxPoseRunner
 from d2_edwpose.engine import Trainer, check_datasets
@@ -132,7 +133,7 @@ def test_fourteen_keypoints_train_evaluate_draw_and_export(
     results = Trainer.test(cfg, model)  # detectron2 unwraps the results of a single dataset
     assert set(results) == {"bbox", "keypoints"}
 
-    metadata = demo.keypoint_metadata(user_cfg(config))
+    metadata = keypoint_metadata(user_cfg(config))
     assert list(metadata.keypoint_names) == list(CROWDPOSE_NAMES)
     assert ("head", "neck", (102, 0, 204)) in metadata.keypoint_connection_rules
     weights = tmp_path / "run" / "model_final.pth"

@@ -19,13 +19,11 @@ import numpy as np
 import pytest
 import torch
 
-from detectron2.config import get_cfg
 from detectron2.data import DatasetCatalog, DatasetMapper, MetadataCatalog
 from detectron2.data.datasets import register_coco_instances
 from detectron2.data.datasets.builtin_meta import _get_builtin_metadata
 from detectron2.modeling import build_model
 
-from d2_edwpose import add_edwpose_config
 from d2_edwpose.data.checks import SampleLoadError, check_annotations
 from d2_edwpose.data.synthetic import generate_synthetic_keypoints, register_synthetic_keypoints
 from d2_edwpose.engine.checkpoint import AtomicValidatingCheckpointer
@@ -36,9 +34,8 @@ from d2_edwpose.data.train_loader import (
 )
 from d2_edwpose.engine import Trainer
 
-from conftest import REPO_ROOT
+from conftest import DEMO_CONFIG, REPO_ROOT, demo_cfg
 
-DEMO_CONFIG = REPO_ROOT / "configs" / "cpu_demo_keypoint_rcnn_mv3_fpn_320_edw.yaml"
 WITH_FAULTS = REPO_ROOT / "tests" / "train_net_with_faults.py"
 SINGLE_THREAD = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 # 6 iterations of 2 images, checkpoints after iterations 2 and 5, no evaluation.
@@ -50,14 +47,6 @@ TINY_RUN = [
 # The config's PreciseBN (of TINY_RUN's 2 batches) also after iterations 2 and 5, before their
 # checkpoints.
 PRECISE_BN = ["TEST.EVAL_PERIOD", "3"]
-
-
-def demo_cfg(*opts):
-    cfg = get_cfg()
-    add_edwpose_config(cfg)
-    cfg.merge_from_file(str(DEMO_CONFIG))
-    cfg.merge_from_list([str(o) for o in opts])
-    return cfg
 
 
 def run_with_faults(args, env, cwd):

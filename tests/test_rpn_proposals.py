@@ -13,7 +13,8 @@ from d2_edwpose.modeling.cpu_inference.best_first_rpn import (
     BestFirstRPN,
     find_top_rpn_proposals_best_first,
 )
-from d2_edwpose.tools.analyze_model import CONFIG_DIR, load_config
+from d2_edwpose.model_zoo import CONFIG_DIR
+from d2_edwpose.modeling.analysis import analysis_config
 
 IMAGE_SIZE = (320, 320)
 
@@ -149,7 +150,7 @@ def test_empty_levels_and_fewer_candidates_than_the_first_try():
 
 
 def test_optimize_for_inference_selects_a_models_proposals_best_first(monkeypatch):
-    cfg = load_config(str(CONFIG_DIR / "keypoint_rcnn_mv3_fpn_320_edw.yaml"))
+    cfg = analysis_config(str(CONFIG_DIR / "keypoint_rcnn_mv3_fpn_320_edw.yaml"))
     cfg.MODEL.WEIGHTS = ""
     cfg.MODEL.ROI_KEYPOINT_HEAD.CONV_DIMS = (64,)
     model = build_model(cfg).eval()

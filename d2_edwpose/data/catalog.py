@@ -1,10 +1,12 @@
 """Checks of registered datasets made before a run starts: their files exist, and their
-keypoint sets match the config's model and evaluation."""
+keypoint sets match the config's model and evaluation; and the metadata of the keypoint set a
+config's model predicts, to draw and export its poses with."""
 
 import logging
 import os
 
 from detectron2.data import DatasetCatalog, MetadataCatalog
+from detectron2.data.datasets.builtin_meta import _get_builtin_metadata
 from detectron2.utils.logger import log_first_n
 
 from ..utils.validation import is_int
@@ -16,6 +18,7 @@ __all__ = [
     "check_keypoint_datasets",
     "check_num_classes",
     "check_registered",
+    "keypoint_metadata",
     "num_keypoints",
     "oks_sigmas",
     "verify_dataset_files",
@@ -74,6 +77,31 @@ def num_keypoints(cfg):
     others must agree: :func:`check_keypoint_datasets`). What the keypoint head is built with
     and what the checks compare the datasets to."""
     return _num_keypoints_and_source(cfg)[0]
+
+
+def keypoint_metadata(cfg):
+    """The metadata to draw with: that of the config's first dataset with keypoint names (its
+    keypoint set and skeleton, as the model was trained on), else COCO's person keypoints.
+
+    Raises ValueError when that keypoint set does not have ``NUM_KEYPOINTS`` keypoints: the
+    Visualizer would silently draw keypoints under other names."""
+    for name in [*cfg.DATASETS.TEST, *cfg.DATASETS.TRAIN]:
+        metadata = MetadataCatalog.get(name)
+        if metadata.get("keypoint_names"):
+            break
+    else:
+        name = "COCO's person keypoints"
+        metadata = MetadataCatalog.get("__d2_edwpose_demo").set(
+            **_get_builtin_metadata("coco_person")
+        )
+    count = num_keypoints(cfg)
+    if len(metadata.keypoint_names) != count:
+        raise ValueError(
+            f"MODEL.ROI_KEYPOINT_HEAD.NUM_KEYPOINTS={count}, but the keypoint set to draw "
+            f"with ({name}) has {len(metadata.keypoint_names)}: set DATASETS.TEST to a "
+            "registered dataset of the model's keypoint set (d2_edwpose.data.register_keypoint_dataset)"
+        )
+    return metadata
 
 
 def _num_keypoints_and_source(cfg):

@@ -18,27 +18,27 @@ from pathlib import Path
 
 import torch
 
-from detectron2.config import get_cfg
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.utils.file_io import PathManager
 from detectron2.utils.logger import setup_logger
 
-from d2_edwpose import add_edwpose_config
 from d2_edwpose.data.synthetic import (
     default_root,
     generate_synthetic_keypoints,
     register_synthetic_keypoints,
 )
 from d2_edwpose.engine import Trainer, build_predictor
-from d2_edwpose.model_zoo import get_config_file
-from d2_edwpose.tools.demo import run_on_image
+from d2_edwpose.engine.visualization import predict_and_draw_image
+from d2_edwpose.model_zoo import get_config_file, load_config
 
 DEMO_CONFIG = get_config_file("cpu_demo_keypoint_rcnn_mv3_fpn_320_edw")
 logger = logging.getLogger("d2_edwpose.cpu_demo")
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--config-file", default=DEMO_CONFIG)
     parser.add_argument("--output-dir", default="output/cpu_demo")
     parser.add_argument("--num-train", type=int, default=800, help="synthetic training images")
@@ -82,7 +82,10 @@ def draw_predictions(cfg, dataset_name, output_dir, count):
     metadata = MetadataCatalog.get(dataset_name)
     output_dir.mkdir(parents=True, exist_ok=True)
     paths = [Path(record["file_name"]) for record in DatasetCatalog.get(dataset_name)[:count]]
-    return [run_on_image(predictor, metadata, path, output_dir / f"{path.stem}.png") for path in paths]
+    return [
+        predict_and_draw_image(predictor, metadata, path, output_dir / f"{path.stem}.png")
+        for path in paths
+    ]
 
 
 def main(argv=None):
@@ -98,10 +101,7 @@ def main(argv=None):
     register_synthetic_keypoints(data_root)  # a no-op unless the root changed since import
     logger.info(f"Synthetic data in {data_root} ({time.perf_counter() - start:.0f} s)")
 
-    cfg = get_cfg()
-    add_edwpose_config(cfg)
-    cfg.merge_from_file(args.config_file)
-    cfg.merge_from_list(["OUTPUT_DIR", str(output_dir), *args.opts])
+    cfg = load_config(args.config_file, ["OUTPUT_DIR", str(output_dir), *args.opts])
     if cfg.OUTPUT_DIR != str(output_dir):
         raise ValueError(
             f"OUTPUT_DIR={cfg.OUTPUT_DIR!r}: the demo writes to --output-dir ({output_dir}); "
@@ -130,7 +130,9 @@ def main(argv=None):
     cfg = cfg.clone()
     cfg.defrost()
     cfg.MODEL.WEIGHTS = str(output_dir / "model_final.pth")
-    pictures = draw_predictions(cfg, cfg.DATASETS.TEST[0], output_dir / "predictions", args.num_pictures)
+    pictures = draw_predictions(
+        cfg, cfg.DATASETS.TEST[0], output_dir / "predictions", args.num_pictures
+    )
 
     elapsed = time.perf_counter() - start
     summary = {

@@ -20,16 +20,14 @@ import os
 import cv2
 import torch
 
-from detectron2.config import get_cfg
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.structures import Boxes, Instances
 from detectron2.utils.logger import setup_logger
 
-from d2_edwpose import add_edwpose_config
-from d2_edwpose.data import register_config_datasets
 from d2_edwpose.data.catalog import check_registered, oks_sigmas
 from d2_edwpose.deploy.onnx_pose_runner import PRECISIONS, RUNTIMES, OnnxPoseRunner
 from d2_edwpose.engine.evaluation import KeypointCOCOEvaluator
+from d2_edwpose.model_zoo import load_config
 from d2_edwpose.utils.atomic_files import atomic_open
 
 __all__ = ["evaluate_runner", "main"]
@@ -91,11 +89,7 @@ def main(argv=None):
     setup_logger(name="d2_edwpose")
     setup_logger(name="detectron2")
 
-    cfg = get_cfg()
-    add_edwpose_config(cfg)
-    cfg.merge_from_file(args.config_file)
-    cfg.merge_from_list(args.opts)
-    register_config_datasets(cfg)
+    cfg = load_config(args.config_file, args.opts)
     if not (args.dataset or cfg.DATASETS.TEST):
         parser.error("--dataset is needed: the config has no DATASETS.TEST")
     dataset_name = args.dataset or cfg.DATASETS.TEST[0]

@@ -26,13 +26,11 @@ from pathlib import Path
 
 import cv2
 
-from detectron2.config import get_cfg
 from detectron2.data import MetadataCatalog
 from detectron2.modeling import build_model
 from detectron2.utils.logger import setup_logger
 
-from d2_edwpose import add_edwpose_config
-from d2_edwpose.data import register_config_datasets
+from d2_edwpose.data.catalog import keypoint_metadata
 from d2_edwpose.deploy.onnx_pose_runner import OnnxPoseRunner
 from d2_edwpose.engine.checkpoint import AtomicValidatingCheckpointer
 from d2_edwpose.export import (
@@ -43,7 +41,7 @@ from d2_edwpose.export import (
     load_torchscript,
 )
 from d2_edwpose.export.quantization import calibration_images, quantize_int8
-from d2_edwpose.tools.demo import keypoint_metadata
+from d2_edwpose.model_zoo import load_config
 from d2_edwpose.utils.image_files import IMAGE_SUFFIXES, is_image_file
 
 __all__ = ["main"]
@@ -55,18 +53,6 @@ EXPORT_FORMATS = ("onnx", "torchscript")
 MAX_PX_DIFFERENCE = 1.0
 MAX_SCORE_DIFFERENCE = 1e-3
 logger = logging.getLogger("d2_edwpose.export")
-
-
-def setup_cfg(config_file, opts):
-    cfg = get_cfg()
-    add_edwpose_config(cfg)
-    cfg.merge_from_file(config_file)
-    cfg.merge_from_list(opts)
-    # A trace records the device of its tensors; deployment targets are CPUs.
-    cfg.MODEL.DEVICE = "cpu"
-    cfg.freeze()
-    register_config_datasets(cfg)
-    return cfg
 
 
 def _read_images(paths):
@@ -95,11 +81,15 @@ def _read_images(paths):
 def _training_images(cfg):
     """The image folder of the config's first training set, to calibrate INT8 on."""
     if not cfg.DATASETS.TRAIN:
-        raise ValueError("--quantize int8: give --calibration DIR (the config has no DATASETS.TRAIN)")
+        raise ValueError(
+            "--quantize int8: give --calibration DIR (the config has no DATASETS.TRAIN)"
+        )
     name = cfg.DATASETS.TRAIN[0]
     folder = MetadataCatalog.get(name).get("image_root")
     if folder is None:
-        raise ValueError(f"--quantize int8: dataset '{name}' has no image_root; give --calibration DIR")
+        raise ValueError(
+            f"--quantize int8: dataset '{name}' has no image_root; give --calibration DIR"
+        )
     return folder
 
 
@@ -126,17 +116,26 @@ def verify(model, written, images):
     if "torchscript" in written:
         module, _ = load_torchscript(written["torchscript"])
         report["torchscript"] = compare_torchscript_with_pytorch(model, module, images)
-        limits = [("boxes", MAX_PX_DIFFERENCE), ("keypoints", MAX_PX_DIFFERENCE), ("scores", MAX_SCORE_DIFFERENCE)]
+        limits = [
+            ("boxes", MAX_PX_DIFFERENCE),
+            ("keypoints", MAX_PX_DIFFERENCE),
+            ("scores", MAX_SCORE_DIFFERENCE),
+        ]
         failures += _failures(written["torchscript"], report["torchscript"], limits)
     return report, failures
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--config-file", required=True, metavar="FILE")
     parser.add_argument("--output", required=True, help="folder for model.onnx / model.ts")
     parser.add_argument(
-        "--format", action="append", choices=EXPORT_FORMATS, help="onnx or torchscript (repeatable; default: both)"
+        "--format",
+        action="append",
+        choices=EXPORT_FORMATS,
+        help="onnx or torchscript (repeatable; default: both)",
     )
     parser.add_argument(
         "--verify",
@@ -168,7 +167,10 @@ def main(argv=None):
     setup_logger(name="detectron2")
 
     images = _read_images(args.verify) if args.verify else []
-    cfg = setup_cfg(args.config_file, args.opts)
+    cfg = load_config(args.config_file, args.opts)
+    # A trace records the device of its tensors; deployment targets are CPUs.
+    cfg.MODEL.DEVICE = "cpu"
+    cfg.freeze()
     calibration = []
     if args.quantize:
         if args.calibration_images < 1:

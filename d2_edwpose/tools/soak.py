@@ -20,13 +20,11 @@ from pathlib import Path
 
 import cv2
 
-from detectron2.config import get_cfg
 from detectron2.utils.logger import setup_logger
 
-from d2_edwpose import add_edwpose_config
 from d2_edwpose.data.synthetic import generate_synthetic_keypoints
 from d2_edwpose.engine import build_predictor
-from d2_edwpose.model_zoo import get_config_file
+from d2_edwpose.model_zoo import get_config_file, load_config
 
 logger = logging.getLogger("d2_edwpose.soak")
 
@@ -60,10 +58,7 @@ def parse_args(argv=None):
 def main(argv=None):
     args = parse_args(argv)
     setup_logger(name="d2_edwpose")
-    cfg = get_cfg()
-    add_edwpose_config(cfg)
-    cfg.merge_from_file(args.config_file)
-    cfg.merge_from_list(args.opts)
+    cfg = load_config(args.config_file, args.opts)
     if args.weights is not None:
         cfg.MODEL.WEIGHTS = args.weights
     cfg.freeze()

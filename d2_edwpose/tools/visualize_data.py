@@ -20,16 +20,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from detectron2.config import get_cfg
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.data import detection_utils as utils
 from detectron2.utils.logger import setup_logger
 from detectron2.utils.visualizer import Visualizer
 
-from d2_edwpose import add_edwpose_config
 from d2_edwpose.data.keypoint_names import keypoint_sides
 from d2_edwpose.data.keypoint_sets import SIDE_COLORS, side_colored_rules
 from d2_edwpose.engine import Trainer, check_datasets
+from d2_edwpose.model_zoo import load_config
 from d2_edwpose.modeling.meta_arch import resize_sample
 from d2_edwpose.utils.atomic_files import atomic_path
 
@@ -156,10 +155,7 @@ def main(argv=None):
     if args.num_images < 1:
         parser.error(f"--num-images {args.num_images}: at least 1")
     setup_logger(name="d2_edwpose")
-    cfg = get_cfg()
-    add_edwpose_config(cfg)
-    cfg.merge_from_file(args.config_file)
-    cfg.merge_from_list(args.opts)
+    cfg = load_config(args.config_file, args.opts)
     if args.dataset:
         cfg.DATASETS.TRAIN = tuple(args.dataset)
     # Only the datasets drawn are checked; one image per batch, in this process.

@@ -42,10 +42,10 @@ from detectron2.evaluation import DatasetEvaluators, inference_on_dataset
 from detectron2.modeling import build_model
 from detectron2.utils.logger import setup_logger
 
-from d2_edwpose.data import register_config_datasets
 from d2_edwpose.engine.checkpoint import AtomicValidatingCheckpointer
+from d2_edwpose.model_zoo import PAPER_CONFIGS, REALTIME_CONFIG, STOCK_R50_CONFIG
+from d2_edwpose.modeling.analysis import analysis_config
 from d2_edwpose.modeling.cpu_inference import optimize_for_inference
-from d2_edwpose.tools.analyze_model import PAPER_CONFIGS, REALTIME_CONFIG, STOCK_R50, load_config
 
 from .deploy import DEPLOY_ROWS, deploy_row, profile_runner, runner_call
 from .direct import config_models, format_table, plot_sweep, run_direct
@@ -72,11 +72,16 @@ __all__ = [
 ]
 
 
+DEFAULT_CONFIGS = [str(p) for p in (*PAPER_CONFIGS, REALTIME_CONFIG)]
+
+
 def _video_size(text):
     try:
         width, height = (int(v) for v in text.lower().split("x"))
     except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r}: expected WIDTHxHEIGHT, e.g. 1280x720") from None
+        raise argparse.ArgumentTypeError(
+            f"{text!r}: expected WIDTHxHEIGHT, e.g. 1280x720"
+        ) from None
     return width, height
 
 
@@ -85,10 +90,8 @@ def run_dataset(args):
     its timer logs the total and the pure compute time per image."""
     setup_logger(name="detectron2")  # where detectron2's timer logs
     (path,) = args.configs
-    cfg = load_config(path, tuple(args.size))
-    cfg.merge_from_list(args.opts)
+    cfg = analysis_config(path, args.size, args.opts)
     cfg.MODEL.DEVICE = args.device
-    register_config_datasets(cfg)
     model = build_model(cfg).eval()
     AtomicValidatingCheckpointer(model).resume_or_load(cfg.MODEL.WEIGHTS, resume=False)
     if args.optimize:
@@ -98,18 +101,29 @@ def run_dataset(args):
     inference_on_dataset(model, loader, DatasetEvaluators([]))
 
 
-def main(argv=None):
+# The options that each mode other than the direct one has no use for, and why.
+MODE_LIMITS = {
+    "dataset": (("deploy",), "it times the PyTorch model only"),
+    "video": (("optimize", "sweep"), "it times the --deploy rows end to end"),
+    "rewrites": (("optimize", "deploy", "profile", "sweep"), "it times each rewrite at N"),
+}
+CPU_MODES = ("video", "rewrites")
+
+
+def build_parser():
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument(
         "configs",
         nargs="*",
-        default=[str(p) for p in (*PAPER_CONFIGS, REALTIME_CONFIG)],
+        default=DEFAULT_CONFIGS,
         help="configs to measure (default: the paper's three and the realtime config); "
         "exactly one with --dataset",
     )
-    parser.add_argument("--stock-r50", action="store_true", help=f"add detectron2's {STOCK_R50}")
+    parser.add_argument(
+        "--stock-r50", action="store_true", help=f"add detectron2's {STOCK_R50_CONFIG}"
+    )
     parser.add_argument(
         "--optimize",
         action="store_true",
@@ -139,12 +153,6 @@ def main(argv=None):
         "of the deployment runner's steps (pre-processing, graph, post-processing)",
     )
     parser.add_argument(
-        "--rewrites",
-        action="store_true",
-        help="rewrites mode (CPU): the share of the latency at --num-people that each rewrite of "
-        "optimize_for_inference removes, from the model optimized without it",
-    )
-    parser.add_argument(
         "--cpu-time",
         action="store_true",
         help="with --rewrites: time the process's CPU time, not the wall time (a shared machine; "
@@ -157,13 +165,6 @@ def main(argv=None):
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--repeats", type=int, default=10)
     parser.add_argument("--plot", help="PNG of latency against N (with --sweep)")
-    parser.add_argument("--dataset", help="dataset mode: a registered dataset name")
-    parser.add_argument(
-        "--video",
-        metavar="SOURCE",
-        help="video mode: a video file, or 'synthetic' for clips of walking people at each "
-        "--video-size; times the --deploy rows end to end (default configs: the realtime one)",
-    )
     parser.add_argument(
         "--video-sizes",
         nargs="+",
@@ -174,41 +175,85 @@ def main(argv=None):
     )
     parser.add_argument("--video-frames", type=int, default=150, help="with --video synthetic")
     parser.add_argument("--opts", nargs=argparse.REMAINDER, default=[], help="KEY VALUE overrides")
-    args = parser.parse_args(argv)
-    if args.deploy == [] or (args.video and args.deploy is None):
-        args.deploy = list(DEPLOY_ROWS)
+    modes = parser.add_mutually_exclusive_group()
+    modes.add_argument(
+        "--rewrites",
+        action="store_true",
+        help="rewrites mode (CPU): the share of the latency at --num-people that each rewrite of "
+        "optimize_for_inference removes, from the model optimized without it",
+    )
+    modes.add_argument("--dataset", help="dataset mode: a registered dataset name")
+    modes.add_argument(
+        "--video",
+        metavar="SOURCE",
+        help="video mode: a video file, or 'synthetic' for clips of walking people at each "
+        "--video-size; times the --deploy rows end to end (default configs: the realtime one)",
+    )
+    return parser
+
+
+def _mode(args):
+    """The mode ``args`` ask for: "dataset", "video", "rewrites" or "direct"."""
+    return next((mode for mode in MODE_LIMITS if getattr(args, mode)), "direct")
+
+
+def check_args(parser, args):
+    """Exit with a command-line error for options that the mode asked for does not take;
+    returns the mode."""
+    mode = _mode(args)
+    unused, reason = MODE_LIMITS.get(mode, ((), ""))
+    given = [option for option in unused if getattr(args, option)]
+    if given:
+        parser.error(f"--{mode}: a mode of its own, without --{given[0]} ({reason})")
+    if mode in CPU_MODES and args.device != "cpu":
+        parser.error(f"--{mode}: runs on --device cpu")
+    if mode == "dataset" and len(args.configs) != 1:
+        parser.error(f"--dataset {args.dataset}: give exactly one config to run on it")
     if args.keep_exports and not args.deploy:
         parser.error("--keep-exports keeps the exports of the --deploy rows: add --deploy")
-    if args.cpu_time and not args.rewrites:
+    if args.cpu_time and mode != "rewrites":
         parser.error("--cpu-time times the --rewrites mode only")
     if args.repeats < 2:
         parser.error(f"--repeats {args.repeats}: at least 2 timed runs are needed for a spread")
-    if args.dataset:
-        if args.deploy:
-            parser.error(f"--dataset {args.dataset}: times the PyTorch model only (no --deploy)")
-        if len(args.configs) != 1:
-            parser.error(f"--dataset {args.dataset}: give exactly one config to run on it")
-        return run_dataset(args)
-    if args.video:
-        if args.dataset or args.rewrites or args.optimize or args.sweep or args.device != "cpu":
-            parser.error("--video: a mode of its own, of the --deploy rows, on --device cpu")
-        if args.configs == parser.get_default("configs"):
-            args.configs = [str(REALTIME_CONFIG)]
-        rows = run_video(args, config_models(args))
-        print(format_video_table(rows, args))
-        return rows
-    if args.rewrites:
-        if args.device != "cpu" or args.optimize or args.deploy or args.profile or args.sweep:
-            parser.error("--rewrites: a mode of its own, on --device cpu, at --num-people")
-        clock = time.process_time if args.cpu_time else time.perf_counter
-        results = run_rewrites(
-            config_models(args), args.num_people, args.size, args.warmup, args.repeats, clock
-        )
-        clock_name = "CPU time" if args.cpu_time else "wall time"
-        print(format_rewrites_table(results, args.num_people, args.size, clock_name))
-        return results
+    return mode
+
+
+def run_video_mode(args):
+    if args.configs == DEFAULT_CONFIGS:
+        args.configs = [str(REALTIME_CONFIG)]
+    rows = run_video(args, config_models(args))
+    print(format_video_table(rows, args))
+    return rows
+
+
+def run_rewrites_mode(args):
+    clock = time.process_time if args.cpu_time else time.perf_counter
+    models = config_models(args)
+    results = run_rewrites(models, args.num_people, args.size, args.warmup, args.repeats, clock)
+    clock_name = "CPU time" if args.cpu_time else "wall time"
+    print(format_rewrites_table(results, args.num_people, args.size, clock_name))
+    return results
+
+
+def run_direct_mode(args):
     rows = run_direct(args)
     print(format_table(rows, args.num_people, args.device, args.size))
     if args.plot:
         plot_sweep(rows, args.plot, args.device)
     return rows
+
+
+MODES = {
+    "dataset": run_dataset,
+    "video": run_video_mode,
+    "rewrites": run_rewrites_mode,
+    "direct": run_direct_mode,
+}
+
+
+def main(argv=None):
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.deploy == [] or (args.video and args.deploy is None):
+        args.deploy = list(DEPLOY_ROWS)
+    return MODES[check_args(parser, args)](args)

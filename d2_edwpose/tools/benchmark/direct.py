@@ -11,14 +11,14 @@ import torch
 
 from detectron2 import model_zoo
 
+from d2_edwpose.model_zoo import STOCK_R50_CONFIG
+from d2_edwpose.modeling.analysis import analysis_config, analyze
 from d2_edwpose.modeling.cpu_inference import optimize_for_inference
-from d2_edwpose.tools.analyze_model import STOCK_R50, analyze, load_config
 
 from .deploy import deploy_rows, deploy_runners, format_runner_profile, profile_runner, runner_call
 from .timing import (
-    build_benchmark_model,
+    build_model_detecting,
     describe_cpu,
-    fix_num_detections,
     p10_p90,
     pytorch_call,
     runtime_settings,
@@ -124,13 +124,12 @@ def format_profile(profiles, num_people):
 
 def config_models(args):
     """(name, config) of every model to compare."""
-    size = tuple(args.size)
-    models = [(Path(path).stem, load_config(path, size)) for path in args.configs]
+    files = [(Path(path).stem, path) for path in args.configs]
     if args.stock_r50:
-        stock = load_config(model_zoo.get_config_file(STOCK_R50), size)
-        models.append((f"detectron2 {Path(STOCK_R50).stem}", stock))
+        stock = model_zoo.get_config_file(STOCK_R50_CONFIG)
+        files.append((f"detectron2 {Path(STOCK_R50_CONFIG).stem}", stock))
+    models = [(name, analysis_config(path, args.size, args.opts)) for name, path in files]
     for _, cfg in models:
-        cfg.merge_from_list(args.opts)
         cfg.MODEL.DEVICE = args.device
     return models
 
@@ -146,7 +145,7 @@ def run_direct(args):
         with tempfile.TemporaryDirectory() as folder:
             for name, cfg, flops in models:
                 for optimized in (False, True) if args.optimize else (False,):
-                    model = build_benchmark_model(fix_num_detections(cfg.clone(), num_people))
+                    model = build_model_detecting(cfg, num_people)
                     if optimized:
                         optimize_for_inference(model)
                     kind = {"model": name, "optimized": optimized}
@@ -155,7 +154,7 @@ def run_direct(args):
                     kinds[label] = (kind, flops, model)
                 if num_people != args.num_people or name.startswith("detectron2 ") or not deploy:
                     continue
-                model = build_benchmark_model(fix_num_detections(cfg.clone(), num_people))
+                model = build_model_detecting(cfg, num_people)
                 exports = Path(args.keep_exports or folder) / name
                 runners = deploy_runners(model, deploy, image, exports)
                 for (runtime, precision), runner in runners.items():

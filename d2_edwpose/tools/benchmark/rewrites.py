@@ -10,9 +10,8 @@ import torch
 from d2_edwpose.modeling.cpu_inference import REWRITES, optimize_for_inference
 
 from .timing import (
-    build_benchmark_model,
+    build_model_detecting,
     describe_cpu,
-    fix_num_detections,
     p10_p90,
     pytorch_call,
     runtime_settings,
@@ -35,7 +34,7 @@ def run_rewrites(models, num_people, size, warmup, repeats, clock=time.perf_coun
     calls = {}
     for name, cfg in models:
         for variant, skip in variants.items():
-            model = build_benchmark_model(fix_num_detections(cfg.clone(), num_people))
+            model = build_model_detecting(cfg, num_people)
             if skip is not None:
                 optimize_for_inference(model, device="cpu", skip=skip)
             calls[(name, variant)] = (pytorch_call(model, image), num_people)
@@ -86,4 +85,3 @@ def format_rewrites_table(results, num_people, size, clock_name="wall time"):
         label = f"({AS_BUILT}: none)" if variant == AS_BUILT else variant
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
-

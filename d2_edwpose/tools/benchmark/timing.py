@@ -11,6 +11,7 @@ from detectron2.modeling import build_model
 
 __all__ = [
     "build_benchmark_model",
+    "build_model_detecting",
     "describe_cpu",
     "fix_num_detections",
     "measure_latency",
@@ -50,6 +51,12 @@ def build_benchmark_model(cfg):
         torch.nn.init.zeros_(layer.weight)
         torch.nn.init.zeros_(layer.bias)
     return model
+
+
+def build_model_detecting(cfg, num_people):
+    """:func:`build_benchmark_model` of a copy of ``cfg`` that detects exactly ``num_people``
+    people per image (:func:`fix_num_detections`)."""
+    return build_benchmark_model(fix_num_detections(cfg.clone(), num_people))
 
 
 def synchronize(device):

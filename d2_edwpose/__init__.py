@@ -4,10 +4,10 @@
 synthetic datasets into detectron2's registries and catalogs.
 
 Layers, each importing only those below it (docs/contributing.md; checked by .importlinter):
-``tools`` (command lines) > ``engine`` (training, evaluation), ``export`` (ONNX, TorchScript,
-INT8) and ``model_zoo`` (the configs) > ``modeling`` (backbone, heads, layers) > ``data``
-(datasets, keypoint sets, loaders, the image scan) > ``config`` (the keys) > ``utils``,
-``deploy`` (the torch-free runner) and ``compat`` (version shims).
+``tools`` (command lines) > ``engine`` (training, evaluation) and ``export`` (ONNX,
+TorchScript, INT8) > ``modeling`` (backbone, heads, layers) > ``model_zoo`` (the configs and
+their loader) > ``data`` (datasets, keypoint sets, loaders, the image scan) > ``config`` (the
+keys) > ``utils``, ``deploy`` (the torch-free runner) and ``compat`` (version shims).
 """
 from . import compat
 

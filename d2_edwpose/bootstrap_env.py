@@ -137,6 +137,8 @@ def ensure_torch():
 
 
 def sha256_of(path):
+    """The sha256 hex digest of the file ``path``, read in blocks (also the weights converter's
+    check of a cached download)."""
     digest = hashlib.sha256()
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):

@@ -19,7 +19,7 @@ from d2_edwpose.utils import validation
 
 
 def test_the_import_contracts_hold():
-    # .importlinter: the layers (tools > engine, export, model_zoo > modeling > data > config
+    # .importlinter: the layers (tools > engine, export > modeling > model_zoo > data > config
     # > utils, deploy, compat) and a runner free of PyTorch and detectron2.
     assert lint_imports(config_filename=str(REPO_ROOT / ".importlinter"), no_cache=True) == 0
 

@@ -22,7 +22,6 @@ The .pkl holds ``{"model": {name: numpy array}, "__author__": "torchvision",
 ``__author__`` as is, by exact names, rather than guessing names as for Caffe2 models.
 """
 import argparse
-import hashlib
 import os
 import pickle
 import sys
@@ -31,6 +30,7 @@ import urllib.parse
 import torch
 from torchvision.models import MobileNet_V3_Large_Weights, MobileNet_V3_Small_Weights
 
+from d2_edwpose.bootstrap_env import sha256_of
 from d2_edwpose.modeling.backbone.torchvision_weights import convert_torchvision_mobilenetv3
 from d2_edwpose.utils.atomic_files import atomic_open
 
@@ -49,14 +49,6 @@ def _cached_file(url):
     return os.path.join(torch.hub.get_dir(), "checkpoints", name)
 
 
-def _sha256(path):
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def _fail(parser, message):
     sys.exit(f"{parser.prog}: error: {message}")
 
@@ -70,7 +62,7 @@ def _download(parser, weights, output):
     folder, name = os.path.split(cached)
     if os.path.exists(cached):
         match = torch.hub.HASH_REGEX.search(name)
-        digest = _sha256(cached)
+        digest = sha256_of(cached)
         if match and not digest.startswith(match.group(1)):
             _fail(
                 parser,

@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 
 import torch
+from matplotlib.figure import Figure
 
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.utils.file_io import PathManager
@@ -52,15 +53,12 @@ def parse_args(argv=None):
 def plot_training_loss(metrics_file, output_file, skip_bytes=0):
     """Plot the loss curves detectron2 wrote to metrics.json, from byte ``skip_bytes`` on:
     detectron2 appends to the file, which may hold earlier runs."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     with PathManager.open(metrics_file) as f:
         f.seek(skip_bytes)
         records = [json.loads(line) for line in f if '"total_loss"' in line]
-    fig, ax = plt.subplots(figsize=(7, 4))
+    # A Figure of its own, without pyplot: no GUI backend, no global figure state.
+    fig = Figure(figsize=(7, 4))
+    ax = fig.subplots()
     for key in ("total_loss", "loss_keypoint", "loss_cls", "loss_box_reg", "loss_rpn_cls"):
         ax.plot([r["iteration"] for r in records], [r[key] for r in records], label=key)
     ax.set_xlabel("iteration")
@@ -71,7 +69,6 @@ def plot_training_loss(metrics_file, output_file, skip_bytes=0):
     ax.set_title("CPU demo: EDWConv Keypoint R-CNN, MobileNetV3-FPN, from scratch")
     fig.tight_layout()
     fig.savefig(output_file, dpi=100)
-    plt.close(fig)
 
 
 def draw_predictions(cfg, dataset_name, output_dir, count):

@@ -6,8 +6,16 @@ import statistics
 import time
 from pathlib import Path
 
+import cv2
 import numpy as np
 import torch
+
+from d2_edwpose.deploy.onnx_pose_runner import (
+    OnnxPoseRunner,
+    available_runtimes,
+    cpu_supports_bf16,
+)
+from d2_edwpose.export import export_onnx, quantize_int8
 
 __all__ = [
     "DEPLOY_ROWS",
@@ -34,8 +42,6 @@ DEPLOY_ROWS = (
 def deploy_rows(requested):
     """The ``DEPLOY_ROWS`` asked for whose runtime is installed and which this CPU runs (a
     notice for each one left out)."""
-    from d2_edwpose.deploy.onnx_pose_runner import available_runtimes, cpu_supports_bf16
-
     installed = available_runtimes()
     rows = []
     for runtime, precision in requested:
@@ -58,12 +64,6 @@ def deploy_runners(model, rows, image, folder):
     quantization, calibrated on ``image``: timing does not depend on the calibration), written
     in ``folder`` (``EXPORT_FILES``; those of an earlier run are removed first, so that the
     folder holds what this run timed)."""
-    import cv2
-
-    from d2_edwpose.deploy.onnx_pose_runner import OnnxPoseRunner
-    from d2_edwpose.export import export_onnx
-    from d2_edwpose.export.quantization import quantize_int8
-
     fp32_file, int8_file, picture = paths = [Path(folder, name) for name in EXPORT_FILES]
     for path in paths:
         path.unlink(missing_ok=True)

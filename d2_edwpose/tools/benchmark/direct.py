@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 
 import torch
+from matplotlib.figure import Figure
 
 from detectron2 import model_zoo
 
@@ -247,12 +248,9 @@ def format_table(rows, num_people, device, size):
 
 
 def plot_sweep(rows, output_file, device):
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7, 4.5))
+    # A Figure of its own, without pyplot: no GUI backend, no global figure state.
+    fig = Figure(figsize=(7, 4.5))
+    ax = fig.subplots()
     for name in dict.fromkeys(map(row_label, rows)):
         points = sorted((r["people"], r["median_ms"]) for r in rows if row_label(r) == name)
         if len(points) > 1:  # models measured at one N only (--deploy) are in the table
@@ -265,4 +263,3 @@ def plot_sweep(rows, output_file, device):
     fig.tight_layout()
     Path(output_file).parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(output_file, dpi=100)
-    plt.close(fig)

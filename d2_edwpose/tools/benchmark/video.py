@@ -26,6 +26,9 @@ import numpy as np
 import torch
 
 from d2_edwpose.data.synthetic import generate_synthetic_clip
+from d2_edwpose.deploy.drawing import draw_poses
+from d2_edwpose.deploy.streaming import PoseWriter
+from d2_edwpose.deploy.tracking import PoseTracker
 
 from .deploy import deploy_rows, deploy_runners
 from .timing import (
@@ -52,7 +55,6 @@ def _video_model(cfg, num_people):
 
 def _pipeline_run(runner, clip, folder, live):
     """One run of the pipeline over ``clip``: (frames, seconds, latencies, dropped)."""
-    from d2_edwpose.deploy.streaming import PoseWriter
 
     frames, latencies, dropped = 0, [], 0
     writer = PoseWriter(folder, "benchmark", True, 30.0, runner.skeleton())
@@ -70,8 +72,6 @@ def _pipeline_run(runner, clip, folder, live):
 
 def _stage_times(runner, clip, folder):
     """Median ms of each of ``STAGES`` per frame, one stage after the other."""
-    from d2_edwpose.deploy.drawing import draw_poses
-    from d2_edwpose.deploy.tracking import PoseTracker
 
     capture = cv2.VideoCapture(str(clip))
     tracker = PoseTracker("bytetrack")

@@ -55,7 +55,6 @@ def _video_model(cfg, num_people):
 
 def _pipeline_run(runner, clip, folder, live):
     """One run of the pipeline over ``clip``: (frames, seconds, latencies, dropped)."""
-
     frames, latencies, dropped = 0, [], 0
     writer = PoseWriter(folder, "benchmark", True, 30.0, runner.skeleton())
     start = time.perf_counter()
@@ -72,7 +71,6 @@ def _pipeline_run(runner, clip, folder, live):
 
 def _stage_times(runner, clip, folder):
     """Median ms of each of ``STAGES`` per frame, one stage after the other."""
-
     capture = cv2.VideoCapture(str(clip))
     tracker = PoseTracker("bytetrack")
     edges = runner.skeleton()

@@ -204,12 +204,12 @@ def _executor(num_workers):
 
 
 def _read_files(paths, full_decode, image_format, num_workers, description):
-    """``_scan_file`` of every path, in parallel for many, with a progress bar for more."""
+    """``_scan_file`` of every path, in their order: in parallel for many, with a progress bar
+    for more."""
     num_workers = _num_workers() if num_workers is None else num_workers
     if num_workers <= 1 or len(paths) < _PARALLEL_MIN_FILES:
         return _scan_files(paths, full_decode, image_format)
     chunks = [paths[i : i + _CHUNK_SIZE] for i in range(0, len(paths), _CHUNK_SIZE)]
-    results = []
     progress = tqdm(
         total=len(paths),
         desc=f"Scanning {description}",
@@ -222,10 +222,8 @@ def _read_files(paths, full_decode, image_format, num_workers, description):
             executor.submit(_scan_files, chunk, full_decode, image_format) for chunk in chunks
         ]
         for future in as_completed(futures):
-            chunk_results = future.result()
-            results.extend(chunk_results)
-            progress.update(len(chunk_results))
-    return results
+            progress.update(len(future.result()))
+    return [result for future in futures for result in future.result()]
 
 
 def _load_cache(cache_file, mode):

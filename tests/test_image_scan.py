@@ -147,7 +147,7 @@ def bad_by_file(problems, dataset_dicts):
 def test_reports_what_detectron2_rejects_and_only_that(bad_synthetic, tmp_path):
     name, added = bad_synthetic
     dataset_dicts = DatasetCatalog.get(name)
-    result = scan_images(dataset_dicts, cache_file=str(tmp_path / "cache.json"))
+    result = scan_images(dataset_dicts, cache_file=str(tmp_path / "cache.npz"))
     found = bad_by_file(result.problems, dataset_dicts)
 
     for record in dataset_dicts:
@@ -212,7 +212,7 @@ def test_second_scan_reads_nothing_and_a_changed_file_is_read_again(synthetic_ro
         for i, (p, (w, h)) in enumerate(zip(paths, sizes))
     ]
     image_root.chmod(0o555)  # read-only (not for root, but nothing may be written there)
-    cache = tmp_path / "cache" / "scan.json"
+    cache = tmp_path / "cache" / "scan.npz"
     try:
         first = scan_images(records, cache_file=str(cache))
         second = scan_images(records, cache_file=str(cache))
@@ -238,6 +238,47 @@ def test_second_scan_reads_nothing_and_a_changed_file_is_read_again(synthetic_ro
     assert scan_images(records, cache_file=str(cache)).num_read == 0
 
 
+def test_a_file_touched_or_with_only_a_new_change_time_is_read_again(tmp_path):
+    """A cache entry holds while the file's size, modification and change times are those it
+    was read with: a file touched (same size, a new mtime) is read again, and so is one edited
+    in place with its mtime restored (exiftool -P), which only its change time gives away."""
+    image = tmp_path / "image.jpg"
+    Image.new("RGB", (12, 8)).save(image)
+    records = [{"file_name": str(image), "width": 12, "height": 8, "image_id": 0}]
+    cache = str(tmp_path / "scan.npz")
+    assert [scan_images(records, cache_file=cache).num_read for _ in range(2)] == [1, 0]
+
+    before = image.stat()
+    os.utime(image, ns=(before.st_atime_ns, before.st_mtime_ns + 10**9))
+    assert [scan_images(records, cache_file=cache).num_read for _ in range(2)] == [1, 0]
+
+    before = image.stat()
+    time.sleep(0.05)  # past the file system's clock granularity, so that the change time moves
+    os.utime(image, ns=(before.st_atime_ns, before.st_mtime_ns))
+    after = image.stat()
+    assert (after.st_size, after.st_mtime_ns) == (before.st_size, before.st_mtime_ns)
+    assert after.st_ctime_ns != before.st_ctime_ns
+    assert [scan_images(records, cache_file=cache).num_read for _ in range(2)] == [1, 0]
+
+
+@pytest.mark.parametrize("damage", ["truncated", "not_a_cache"])
+def test_a_damaged_cache_is_a_warning_and_rewritten(tmp_path, caplog, damage):
+    image = tmp_path / "image.jpg"
+    Image.new("RGB", (12, 8)).save(image)
+    records = [{"file_name": str(image), "width": 12, "height": 8, "image_id": 0}]
+    cache = tmp_path / "scan.npz"
+    scan_images(records, cache_file=str(cache))
+    if damage == "truncated":
+        cache.write_bytes(cache.read_bytes()[:100])
+    else:
+        cache.write_text(json.dumps({"files": {str(image): [1, 2, 3, 12, 8, 0]}}))
+    with caplog.at_level(logging.WARNING, logger="d2_edwpose.data.image_scan"):
+        result = scan_images(records, cache_file=str(cache))
+    assert (result.num_read, result.problems) == (1, {})
+    assert f"Ignoring the image-scan cache {cache}, which cannot be read: " in caplog.text
+    assert scan_images(records, cache_file=str(cache)).num_read == 0
+
+
 def test_an_unwritable_cache_is_a_warning(synthetic_root, tmp_path, caplog):
     image = next(Path(split_paths(synthetic_root, "train")[1]).iterdir())
     width, height = Image.open(image).size
@@ -245,7 +286,7 @@ def test_an_unwritable_cache_is_a_warning(synthetic_root, tmp_path, caplog):
     not_a_folder = tmp_path / "file"
     not_a_folder.write_text("")
     with caplog.at_level(logging.WARNING, logger="d2_edwpose.data.image_scan"):
-        result = scan_images(records, cache_file=str(not_a_folder / "scan.json"))
+        result = scan_images(records, cache_file=str(not_a_folder / "scan.npz"))
     assert list(result.problems) == [0]
     assert "Cannot write the image-scan cache" in caplog.text
     assert "DATASETS.IMAGE_SCAN.CACHE_DIR" in caplog.text
@@ -478,7 +519,7 @@ def test_scan_speed_of_generated_images(tmp_path):
         records.append(
             {"file_name": str(path), "width": width, "height": height, "image_id": index}
         )
-    cache = str(tmp_path / "cache.json")
+    cache = str(tmp_path / "cache.npz")
     timings = {}
     for label, kwargs in (
         ("uncached", {"cache_file": cache}),

@@ -29,6 +29,7 @@ import struct
 import time
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor, as_completed
 
+import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
@@ -38,6 +39,14 @@ from detectron2.utils import comm
 
 from ..utils.atomic_files import atomic_open
 from ..utils.image_files import TRANSPOSING_ORIENTATIONS, exif_orientation
+from .image_scan_cache import (
+    KEY_COLUMNS,
+    ScanCache,
+    UnreadableCacheError,
+    load_cache,
+    save_cache,
+    stat_key,
+)
 
 __all__ = [
     "ImageScan",
@@ -52,8 +61,6 @@ logger = logging.getLogger(__name__)
 _JPEG_END = b"\xff\xd9"
 _PNG_SIGNATURE_SIZE = 8
 
-# Bump when what is cached, or how it is found, changes: older cache files are then ignored.
-_CACHE_VERSION = 1
 # What to do with bad entries (DATASETS.IMAGE_SCAN.BAD_ENTRIES).
 BAD_ENTRIES = ("error", "drop")
 # Files per task of the worker pool, and the fewest files worth starting the pool for.
@@ -103,16 +110,10 @@ def _cache_file(cache_dir, dataset_names, *, full_decode=False, image_format="BG
         )
     key = json.dumps([_mode(full_decode, image_format), list(dataset_names), sources])
     digest = hashlib.sha1(key.encode()).hexdigest()[:16]
-    return os.path.join(cache_dir, f"{_file_stem(dataset_names)}-{digest}.json")
+    return os.path.join(cache_dir, f"{_file_stem(dataset_names)}-{digest}.npz")
 
 
 # ----------------------------------------------------------------------------- one file
-def _stat_key(stat):
-    # The change time too: tools that edit a file in place can keep its size and restore its
-    # modification time (exiftool -P rewriting the orientation), never its change time.
-    return [stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns]
-
-
 def _png_chunk_types(f):
     """The chunk types of a PNG file, from the chunk headers alone, up to IEND or to where the
     file stops."""
@@ -157,7 +158,7 @@ def _scan_file(path, full_decode, image_format):
     except OSError as e:
         return None, None, f"cannot be opened: {type(e).__name__}: {e}"
     with f:
-        key = _stat_key(os.fstat(f.fileno()))
+        key = stat_key(os.fstat(f.fileno()))
         try:
             image = Image.open(f)
             width, height = image.size
@@ -177,7 +178,7 @@ def _scan_file(path, full_decode, image_format):
         orientation = exif_orientation(image) if has_exif else 0
     if orientation in TRANSPOSING_ORIENTATIONS:
         width, height = height, width
-    return key, [width, height, orientation], None
+    return key, (width, height, orientation), None
 
 
 def _scan_files(paths, full_decode, image_format):
@@ -204,12 +205,12 @@ def _executor(num_workers):
 
 
 def _read_files(paths, full_decode, image_format, num_workers, description):
-    """``_scan_file`` of every path, in parallel for many, with a progress bar for more."""
+    """``_scan_file`` of every path, in their order: in parallel for many, with a progress bar
+    for more."""
     num_workers = _num_workers() if num_workers is None else num_workers
     if num_workers <= 1 or len(paths) < _PARALLEL_MIN_FILES:
         return _scan_files(paths, full_decode, image_format)
     chunks = [paths[i : i + _CHUNK_SIZE] for i in range(0, len(paths), _CHUNK_SIZE)]
-    results = []
     progress = tqdm(
         total=len(paths),
         desc=f"Scanning {description}",
@@ -222,34 +223,43 @@ def _read_files(paths, full_decode, image_format, num_workers, description):
             executor.submit(_scan_files, chunk, full_decode, image_format) for chunk in chunks
         ]
         for future in as_completed(futures):
-            chunk_results = future.result()
-            results.extend(chunk_results)
-            progress.update(len(chunk_results))
-    return results
+            progress.update(len(future.result()))
+    return [result for future in futures for result in future.result()]
 
 
 def _load_cache(cache_file, mode):
-    if cache_file is None or not os.path.isfile(cache_file):
-        return {}
     try:
-        with open(cache_file) as f:
-            cache = json.load(f)
-        if cache.get("version") == _CACHE_VERSION and cache.get("mode") == mode:
-            return cache["files"]
-    except (OSError, ValueError, KeyError, AttributeError) as e:
+        return load_cache(cache_file, mode)
+    except UnreadableCacheError as e:
         logger.warning(f"Ignoring the image-scan cache {cache_file}, which cannot be read: {e}")
-    return {}
+        return ScanCache()
 
 
-def _save_cache(cache_file, mode, files):
+def _save_cache(cache_file, mode, cache):
     try:
-        with atomic_open(cache_file, "w") as f:
-            json.dump({"version": _CACHE_VERSION, "mode": mode, "files": files}, f)
+        save_cache(cache_file, mode, cache)
     except OSError as e:
         logger.warning(
             f"Cannot write the image-scan cache {cache_file} ({type(e).__name__}: {e}): the next "
             "run reads every image again. Set DATASETS.IMAGE_SCAN.CACHE_DIR to a writable folder."
         )
+
+
+def _files_of_records(dataset_dicts):
+    """``({file name: index}, index of each record's file)`` of the records' distinct local
+    files, named as ``str`` (a record may hold a ``Path``); -1 for a record without a
+    ``file_name`` or with a URL (``scheme://``) for one."""
+    index_of = {}
+    files = []
+    for record in dataset_dicts:
+        path = record.get("file_name")
+        if path is not None:
+            path = os.fspath(path)
+        if path is None or "://" in path:
+            files.append(-1)
+        else:
+            files.append(index_of.setdefault(path, len(index_of)))
+    return index_of, files
 
 
 def _size_problem(record, size, orientation):
@@ -324,63 +334,58 @@ def scan_images(
     """
     start = time.perf_counter()
     mode = _mode(full_decode, image_format)
-    paths = list(
-        dict.fromkeys(
-            record["file_name"]
-            for record in dataset_dicts
-            if "file_name" in record and "://" not in str(record["file_name"])
-        )
-    )
-    cached = _load_cache(cache_file, mode)
+    index_of, file_of_record = _files_of_records(dataset_dicts)
+    paths = list(index_of)
     # The cache's names: absolute, for names relative to the working directory (not
     # normalized: another spelling of a name only misses the cache).
     cwd = os.getcwd()
-    keys = {path: os.path.join(cwd, path) for path in paths}
-    facts, problems_by_file, to_read = {}, {}, []
-    for path in paths:
-        entry = cached.get(keys[path])
-        if entry is not None:
-            try:
-                key = _stat_key(os.stat(path))
-            except OSError:
-                key = None
-            if key == entry[:3]:
-                facts[path] = entry
-                continue
-        to_read.append(path)
-    for path, key, found, problem in _read_files(
+    names = [path if os.path.isabs(path) else os.path.join(cwd, path) for path in paths]
+    cache = _load_cache(cache_file, mode)
+    rows = cache.holding(names, paths)
+    # Each good file's width, height and orientation. In arrays and lists of ints, which the
+    # garbage collector does not track: a list or tuple per file would have it walk every
+    # object of the process, the records included, several times over.
+    found = np.full((len(paths), 3), -1, np.int64)
+    found[rows >= 0] = cache.facts[rows[rows >= 0], KEY_COLUMNS:]
+    to_read = [paths[file] for file in np.flatnonzero(rows < 0)]
+    read, problems_by_file = {}, {}
+    for path, key, facts, problem in _read_files(
         to_read, full_decode, image_format, num_workers, description
     ):
+        file = index_of[path]
         if problem is None:
-            facts[path] = key + found
+            found[file] = facts
+            read[names[file]] = key + facts
         else:
-            # Not cached: a read error may be transient, and bad files are few.
-            problems_by_file[path] = problem
+            problems_by_file[file] = problem
     if cache_file is not None and to_read:
         # Entries of files not in this scan are kept: a training set scanned after detectron2
         # removed its images without people shares the cache file of the whole set.
-        files = dict(cached)
-        files.update((keys[path], facts[path]) for path in facts)
-        for path in problems_by_file:
-            files.pop(keys[path], None)
-        if files != cached:
-            _save_cache(cache_file, mode, files)
+        entries = cache.entries()
+        updated = {**entries, **read}
+        for file in problems_by_file:
+            # Not cached: a read error may be transient, and bad files are few.
+            updated.pop(names[file], None)
+        if updated != entries:
+            _save_cache(cache_file, mode, ScanCache.from_entries(updated))
 
+    widths, heights, orientations = found.T.tolist()
     problems = {}
     num_unscanned = 0
-    for index, record in enumerate(dataset_dicts):
-        path = record.get("file_name")
-        if path is None:
-            problems[index] = "the record has no file_name"
-        elif path in problems_by_file:
-            problems[index] = problems_by_file[path]
-        elif path in facts:
-            width, height, orientation = facts[path][3:]
-            problem = _size_problem(record, (width, height), orientation)
-            if problem is not None:
-                problems[index] = problem
+    for index, (record, file) in enumerate(zip(dataset_dicts, file_of_record)):
+        if file < 0:
+            if record.get("file_name") is None:
+                problems[index] = "the record has no file_name"
+            else:
+                num_unscanned += 1
+        elif file in problems_by_file:
+            problems[index] = problems_by_file[file]
         else:
-            num_unscanned += 1
+            width, height = widths[file], heights[file]
+            if record.get("width") != width or record.get("height") != height:
+                problem = _size_problem(record, (width, height), orientations[file])
+                if problem is not None:
+                    problems[index] = problem
     return ImageScanResult(
         problems, len(paths), len(to_read), num_unscanned, time.perf_counter() - start
     )

@@ -13,6 +13,7 @@ from detectron2.modeling import BACKBONE_REGISTRY, Backbone, build_model
 from detectron2.utils.events import EventStorage
 
 from conftest import DEMO_CONFIG, REPO_ROOT, user_cfg
+from d2_edwpose.data import image_scan
 from d2_edwpose.data.synthetic import register_synthetic_keypoints
 from d2_edwpose.engine import Trainer, trainer
 from d2_edwpose.utils import validation
@@ -128,3 +129,29 @@ def test_the_datasets_are_checked_once_before_training(
         next(iter(built.data_loader))
     assert calls == {"verify_dataset_files": 1, "check_registered": 1, "check_keypoint_datasets": 1}
     assert set(checked_keys.values()) == {1}, checked_keys
+
+
+def test_every_image_is_read_once_before_training_and_evaluation(
+    synthetic_root, restore_synthetic_registration, tmp_path, monkeypatch
+):
+    # The training set is scanned by its loader, the test set before training (so that the
+    # evaluation at the end of the schedule cannot fail on it) and again by its test loader,
+    # which then reads the verdicts of the cache: no image is read twice.
+    register_synthetic_keypoints(synthetic_root)
+    reads = collections.Counter()
+    original = image_scan._scan_file
+
+    def counting(path, *args):
+        reads[path] += 1
+        return original(path, *args)
+
+    monkeypatch.setattr(image_scan, "_scan_file", counting)
+    cfg = _train_cfg(
+        tmp_path, "DATASETS.TEST", "('synthetic_keypoints_val',)",
+        "DATASETS.IMAGE_SCAN.CACHE_DIR", str(tmp_path / "scan_cache"),
+    )  # fmt: skip
+    built = Trainer(cfg)
+    with EventStorage():
+        next(iter(built.data_loader))
+    Trainer.build_test_loader(cfg, "synthetic_keypoints_val")
+    assert len(reads) == 24 + 20 and set(reads.values()) == {1}, reads

@@ -257,3 +257,16 @@ def test_video_mode_times_each_frame_size_end_to_end():
             "encoding",
         }  # fmt: skip
         assert all(ms > 0 for ms in r["stages"].values())
+
+
+def test_resize_comparison_measures_each_candidate_against_pytorch():
+    from d2_edwpose.tools.benchmark import resize
+
+    rows = resize.main(["--sizes", "400x300", "--repeats", "1"])
+    by_name = {r["candidate"]: r for r in rows}
+    assert set(by_name) == set(resize.resize_candidates())
+    assert all(r["size"] == "400×300" and r["frames"] == 3 and r["ms"] > 0 for r in rows)
+    # The runner's resize is PyTorch's; Pillow on uint8 rounds, OpenCV's filters are others.
+    assert by_name["runner (numpy, OpenCV transposes)"]["max_error"] < 1e-4
+    assert 0.2 < by_name["Pillow BILINEAR, uint8 RGB"]["max_error"] <= 1.0
+    assert by_name["cv2.resize INTER_LINEAR"]["max_error"] > 1.0

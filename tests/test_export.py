@@ -268,11 +268,13 @@ def test_numpy_decoding_is_detectron2s():
 def test_runner_resize_is_the_models(size):
     rng = np.random.default_rng(0)
     image = rng.integers(0, 256, (*size, 3), dtype=np.uint8)
-    expected = resize_to_fixed_size(torch.as_tensor(image).permute(2, 0, 1), (320, 320))
-    for pixels in (image, image.astype(np.float32)):  # the runner resizes uint8 frames
+    planes = image.transpose(2, 0, 1)
+    expected = resize_to_fixed_size(torch.as_tensor(planes), (320, 320))
+    for pixels in (planes, planes.astype(np.float32)):  # the runner resizes uint8 frames
         found = resize_bilinear_antialiased(pixels, (320, 320))
-        assert found.dtype == np.float32
-        assert np.abs(found.transpose(2, 0, 1) - expected.numpy()).max() < 1e-4
+        assert found.dtype == np.float32 and found.shape == (3, 320, 320)
+        assert found.flags.c_contiguous  # the graph's input as it is
+        assert np.abs(found - expected.numpy()).max() < 1e-4
 
 
 @pytest.mark.parametrize("runtime", RUNTIMES)

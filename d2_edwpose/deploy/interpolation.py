@@ -1,7 +1,14 @@
 """PyTorch's ``F.interpolate`` resizes in numpy, with PyTorch's arithmetic, so that the runner
-pre- and post-processes exactly as the PyTorch model does."""
+pre- and post-processes exactly as the PyTorch model does.
+
+Both resize (C, H, W) planes separably, along x and then along y, as PyTorch does. Each pass
+gathers whole rows and adds a few of them, weighted: the x pass runs on the planes transposed
+(by OpenCV, whose transpose is vectorised, unlike numpy's copy of a transposed view), so that
+it too gathers rows, and the y pass then gives the planes in their own layout.
+"""
 import functools
 
+import cv2
 import numpy as np
 
 __all__ = ["resize_bicubic", "resize_bilinear_antialiased"]
@@ -76,48 +83,35 @@ def _bicubic_taps(in_size, out_size):
     return indices, weights.astype(np.float32)
 
 
-def _along_first_axis(array, taps):
-    """Each output row the weighted sum of a few source rows, added in PyTorch's order, in
-    float32 (also from uint8 rows). Gathers along the first axis copy whole contiguous rows:
-    fast."""
+def _along_axis_1(array, taps):
+    """Along axis 1 of a 3-D array, each output index the weighted sum of a few source indices,
+    added in PyTorch's order, in float32 (also from uint8), C-contiguous. Each gather copies
+    whole rows of the last axis (``take``: indexing ``array[:, indices]`` gives a strided
+    array)."""
     indices, weights = taps
-    result = array[indices[:, 0]] * weights[:, 0, None, None]
+    result = array.take(indices[:, 0], axis=1) * weights[:, 0, None]
     for k in range(1, indices.shape[1]):
-        result += array[indices[:, k]] * weights[:, k, None, None]
+        result += array.take(indices[:, k], axis=1) * weights[:, k, None]
     return result
 
 
-def _resize(image, height, width, taps):
-    """An (H, W, C) array resized along x, then along y, as PyTorch does."""
-    by_x = np.ascontiguousarray(image.transpose(1, 0, 2))  # (x, y, C)
-    along_x = _along_first_axis(by_x, taps(image.shape[1], width))
-    by_y = np.ascontiguousarray(along_x.transpose(1, 0, 2))  # (y, width, C)
-    return _along_first_axis(by_y, taps(image.shape[0], height))
+def _resize(planes, height, width, taps):
+    """(C, H, W) planes resized to (C, height, width), in float32: along x, then along y."""
+    num_planes, rows, columns = planes.shape
+    by_x = cv2.transpose(planes.reshape(num_planes * rows, columns))  # (x, (C, y))
+    along_x = _along_axis_1(by_x[None], taps(columns, width))[0]  # (width, (C, y))
+    by_y = cv2.transpose(along_x).reshape(num_planes, rows, width)
+    return _along_axis_1(by_y, taps(rows, height))
 
 
-def _resize_y_first(image, height, width, taps):
-    """An (H, W, C) array resized along y, then along x: a (strided) (height, width, C) view."""
-    along_y = _along_first_axis(image, taps(image.shape[0], height))  # (height, x, C)
-    by_x = np.ascontiguousarray(along_y.transpose(1, 0, 2))  # (x, height, C)
-    return _along_first_axis(by_x, taps(image.shape[1], width)).transpose(1, 0, 2)
-
-
-def resize_bilinear_antialiased(image, size):
-    """An (H, W, C) float32 or uint8 image resized to ``size`` = (height, width), in float32,
-    as ``F.interpolate(mode="bilinear", align_corners=False, antialias=True)`` resizes it
-    (within 1e-4 of its pixels, tested; the result may be a strided view).
-
-    When it shrinks the image's height, along y first: gathers along y copy whole rows of the
-    input (no transposed copy of it), and the x pass runs on fewer rows (the timings of a
-    camera frame's resize: docs/video.md). The order changes only the float32 rounding."""
-    height, width = size
-    if height < image.shape[0]:
-        return _resize_y_first(image, height, width, _antialiased_bilinear_taps)
-    return _resize(image, height, width, _antialiased_bilinear_taps)
+def resize_bilinear_antialiased(planes, size):
+    """(C, H, W) uint8 or float32 planes resized to ``size`` = (height, width), as
+    ``F.interpolate(mode="bilinear", align_corners=False, antialias=True)`` resizes them:
+    (C, height, width) float32, within 1e-4 of PyTorch's pixels (tested)."""
+    return _resize(planes, *size, _antialiased_bilinear_taps)
 
 
 def resize_bicubic(maps, height, width):
-    """(S, S, K) float32 maps resized to (height, width, K) as
-    ``F.interpolate(mode="bicubic", align_corners=False)`` resizes them. Channels last, so that
-    every gather copies whole rows."""
+    """(K, S, S) float32 maps resized to (K, height, width) as
+    ``F.interpolate(mode="bicubic", align_corners=False)`` resizes them."""
     return _resize(maps, height, width, _bicubic_taps)

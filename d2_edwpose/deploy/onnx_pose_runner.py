@@ -14,6 +14,7 @@ normalises the pixels itself. The runner does the rest, in float32:
 """
 import os
 
+import cv2
 import numpy as np
 
 # Besides what the runner uses, the names its users need (export, quantization, the tools), so
@@ -73,21 +74,22 @@ def heatmaps_to_keypoints(maps, boxes):
     height_corrections = heights / heights_ceil
 
     keypoints = np.zeros((num_boxes, num_keypoints, 3), dtype=np.float32)
+    max_logits = np.zeros((num_boxes, num_keypoints), dtype=np.float32)
+    every_keypoint = np.arange(num_keypoints)
     for i in range(num_boxes):
         height, width = int(heights_ceil[i]), int(widths_ceil[i])
-        roi_map = resize_bicubic(maps[i].transpose(1, 2, 0), height, width)
-        flat = roi_map.reshape(height * width, num_keypoints)
-        position = flat.argmax(axis=0)  # row-major (y, x), as PyTorch's argmax
-        max_logit = flat[position, np.arange(num_keypoints)]
+        flat = resize_bicubic(maps[i], height, width).reshape(num_keypoints, height * width)
+        position = flat.argmax(axis=1)  # row-major (y, x), as PyTorch's argmax
+        max_logits[i] = flat[every_keypoint, position]
         y_int, x_int = np.divmod(position, width)
-        # detectron2 divides exp(roi_map - max) by the sum of exp(maps - max) over the
-        # heatmap; at the arg-max the numerator is exp(0) = 1.
-        normaliser = np.exp(maps[i] - max_logit[:, None, None]).sum(axis=(1, 2))
         x = (x_int.astype(np.float32) + np.float32(0.5)) * width_corrections[i]
         y = (y_int.astype(np.float32) + np.float32(0.5)) * height_corrections[i]
         keypoints[i, :, 0] = x + boxes[i, 0]
         keypoints[i, :, 1] = y + boxes[i, 1]
-        keypoints[i, :, 2] = 1 / normaliser
+    # detectron2 divides exp(roi_map - max) by the sum of exp(maps - max) over the heatmap; at
+    # the arg-max the numerator is exp(0) = 1.
+    normalisers = np.exp(maps - max_logits[:, :, None, None]).sum(axis=(2, 3))
+    keypoints[:, :, 2] = 1 / normalisers
     return keypoints
 
 
@@ -143,11 +145,15 @@ class OnnxPoseRunner:
         model's channel order, resized as ``FixedInputSizeRCNN`` resizes."""
         if image.ndim != 3 or image.shape[2] != 3:
             raise ValueError(f"expected a BGR image of shape (H, W, 3), got shape {image.shape}")
+        # The planes in the model's order, each contiguous: OpenCV splits the channels
+        # vectorised, and the resize reads whole rows of each plane.
+        planes = cv2.split(image)
         if self.input_format == "RGB":
-            image = image[:, :, ::-1]
-        if image.shape[:2] != self.input_size:
-            image = resize_bilinear_antialiased(image, self.input_size)  # float32
-        return np.ascontiguousarray(image.transpose(2, 0, 1), dtype=np.float32)
+            planes = planes[::-1]
+        planes = np.stack(planes)
+        if planes.shape[1:] != self.input_size:
+            return resize_bilinear_antialiased(planes, self.input_size)
+        return planes.astype(np.float32)
 
     def run_graph(self, graph_input):
         """The graph's outputs (a dict by name) for a pre-processed image."""

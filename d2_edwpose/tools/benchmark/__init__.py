@@ -55,6 +55,7 @@ from .timing import (
     build_benchmark_model,
     describe_cpu,
     fix_num_detections,
+    frame_size,
     measure_latency,
     time_interleaved,
 )
@@ -73,16 +74,6 @@ __all__ = [
 
 
 DEFAULT_CONFIGS = [str(p) for p in (*PAPER_CONFIGS, REALTIME_CONFIG)]
-
-
-def _video_size(text):
-    try:
-        width, height = (int(v) for v in text.lower().split("x"))
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"{text!r}: expected WIDTHxHEIGHT, e.g. 1280x720"
-        ) from None
-    return width, height
 
 
 def run_dataset(args):
@@ -168,7 +159,7 @@ def build_parser():
     parser.add_argument(
         "--video-sizes",
         nargs="+",
-        type=_video_size,
+        type=frame_size,
         default=[(320, 320), (640, 480), (1280, 720), (1920, 1080)],
         metavar="WxH",
         help="with --video synthetic: the frame sizes (default: 320x320 and camera sizes)",

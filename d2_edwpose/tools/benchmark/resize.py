@@ -37,7 +37,7 @@ from d2_edwpose.data.synthetic import generate_synthetic_clip
 from d2_edwpose.deploy.interpolation import resize_bilinear_antialiased
 from d2_edwpose.modeling.meta_arch import resize_to_fixed_size
 
-from .timing import describe_cpu
+from .timing import describe_cpu, frame_size
 
 __all__ = ["compare_resizes", "format_resize_table", "resize_candidates"]
 
@@ -249,14 +249,7 @@ def format_resize_table(rows, repeats):
     return "\n".join(lines)
 
 
-def _size(text):
-    try:
-        width, height = (int(v) for v in text.lower().split("x"))
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"{text!r}: expected WIDTHxHEIGHT, e.g. 1280x720"
-        ) from None
-    return width, height
+CAMERA_SIZES = [(640, 480), (1280, 720), (1920, 1080)]
 
 
 def main(argv=None):
@@ -264,12 +257,9 @@ def main(argv=None):
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument(
-        "--sizes",
-        nargs="+",
-        type=_size,
-        default=[(640, 480), (1280, 720), (1920, 1080)],
-        metavar="WxH",
-    )
+        "--sizes", nargs="+", type=frame_size, default=CAMERA_SIZES, metavar="WxH",
+        help="frame sizes (default: a webcam's, HD, full HD)",
+    )  # fmt: skip
     parser.add_argument("--images", help="a folder of photos (*.jpg) to resize too")
     parser.add_argument("--repeats", type=int, default=50)
     args = parser.parse_args(argv)

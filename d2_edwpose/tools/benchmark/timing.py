@@ -1,6 +1,7 @@
 """How the benchmark times a model: fixed work per image, interleaved rounds, and the
 machine it ran on."""
 
+import argparse
 import os
 import statistics
 import time
@@ -14,6 +15,7 @@ __all__ = [
     "build_model_detecting",
     "describe_cpu",
     "fix_num_detections",
+    "frame_size",
     "measure_latency",
     "p10_p90",
     "pytorch_call",
@@ -146,3 +148,14 @@ def describe_cpu(cpuinfo="/proc/cpuinfo"):
                     flags = set(value.split())
     isa = [label for label, flag in _ISA_FLAGS if flag in flags] or ["no AVX2"]
     return f"{name}, {torch.get_num_threads()} of {os.cpu_count()} cores, {', '.join(isa)}"
+
+
+def frame_size(text):
+    """``WIDTHxHEIGHT`` on the command line as ``(width, height)``."""
+    try:
+        width, height = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r}: expected WIDTHxHEIGHT, e.g. 1280x720"
+        ) from None
+    return width, height

@@ -259,6 +259,9 @@ def test_video_mode_times_each_frame_size_end_to_end():
         assert all(ms > 0 for ms in r["stages"].values())
 
 
+# Slow: it builds and runs every candidate's graph (OpenVINO's reference Pillow-mode
+# Interpolate among them).
+@pytest.mark.slow
 def test_resize_comparison_measures_each_candidate_against_pytorch():
     from d2_edwpose.tools.benchmark import resize
 

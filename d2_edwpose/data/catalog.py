@@ -9,7 +9,7 @@ from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.data.datasets.builtin_meta import _get_builtin_metadata
 from detectron2.utils.logger import log_first_n
 
-from ..utils.validation import is_int
+from ..utils.validation import check_config_value, is_int
 from .keypoint_sets import COCO_PERSON_OKS_SIGMAS, validate_keypoint_set
 from .synthetic import GENERATE_COMMAND
 
@@ -109,12 +109,13 @@ def _num_keypoints_and_source(cfg):
     ``NUM_KEYPOINTS`` is a number)."""
     value = cfg.MODEL.ROI_KEYPOINT_HEAD.NUM_KEYPOINTS
     if value != NUM_KEYPOINTS_FROM_DATASETS:
-        if not (is_int(value) and value > 0):
-            raise ValueError(
-                f"MODEL.ROI_KEYPOINT_HEAD.NUM_KEYPOINTS={value!r} is invalid: expected a "
-                f"positive integer, or {NUM_KEYPOINTS_FROM_DATASETS} for the number of keypoints "
-                "of the config's datasets"
-            )
+        check_config_value(
+            "MODEL.ROI_KEYPOINT_HEAD.NUM_KEYPOINTS",
+            value,
+            is_int(value) and value > 0,
+            f"a positive integer, or {NUM_KEYPOINTS_FROM_DATASETS} for the number of keypoints "
+            "of the config's datasets",
+        )
         return value, None
     names = [*cfg.DATASETS.TRAIN, *cfg.DATASETS.TEST]
     for name in names:

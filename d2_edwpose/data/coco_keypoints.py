@@ -26,7 +26,7 @@ from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.data.datasets import load_coco_json
 from detectron2.data.datasets.builtin_meta import COCO_PERSON_KEYPOINT_NAMES
 
-from ..utils.validation import is_finite_number, is_int
+from ..utils.validation import check_config_value, is_finite_number, is_int
 from .coco_categories import (
     check_categories,
     keypoint_set_from_categories,
@@ -439,24 +439,24 @@ def register_config_datasets(cfg):
     (detectron2's catalogs hold one dataset per name)."""
     for name, entry in cfg.DATASETS.COCO_KEYPOINTS.items():
         key = f"DATASETS.COCO_KEYPOINTS.{name}"
-        fields = set(entry) if isinstance(entry, dict) else None
-        if (
-            fields is None
-            or not fields <= set(_CONFIG_DATASET_KEYS)
-            or not all(isinstance(entry.get(k), str) and entry[k] for k in _CONFIG_DATASET_KEYS[:2])
-        ):
-            raise ValueError(
-                f"{key}={entry!r} is invalid: expected {{JSON_FILE: path, IMAGE_ROOT: path}} and "
-                f"optionally {', '.join(_CONFIG_DATASET_KEYS[2:])}"
-            )
+        check_config_value(
+            key,
+            entry,
+            isinstance(entry, dict)
+            and set(entry) <= set(_CONFIG_DATASET_KEYS)
+            and all(isinstance(entry.get(k), str) and entry[k] for k in _CONFIG_DATASET_KEYS[:2]),
+            "{JSON_FILE: path, IMAGE_ROOT: path} and optionally "
+            + ", ".join(_CONFIG_DATASET_KEYS[2:]),
+        )
         json_file, image_root = entry["JSON_FILE"], entry["IMAGE_ROOT"]
         keypoint_set_key = f"{key}.KEYPOINT_SET"
         keypoint_set = entry.get("KEYPOINT_SET", FROM_FILE)
-        if not isinstance(keypoint_set, str):
-            raise ValueError(
-                f"{keypoint_set_key}={keypoint_set!r} is invalid: expected {FROM_FILE!r} (the "
-                f"default), one of {sorted(KEYPOINT_SETS)} or a .json file"
-            )
+        check_config_value(
+            keypoint_set_key,
+            keypoint_set,
+            isinstance(keypoint_set, str),
+            f"{FROM_FILE!r} (the default), one of {sorted(KEYPOINT_SETS)} or a .json file",
+        )
         options = dict(categories=entry.get("CATEGORIES"), one_class=entry.get("ONE_CLASS"))
         registered = name in DatasetCatalog.list()
         if keypoint_set == FROM_FILE and not os.path.isfile(json_file):

@@ -11,7 +11,7 @@ from detectron2.data.datasets.builtin_meta import (
     KEYPOINT_CONNECTION_RULES,
 )
 
-from ..utils.validation import is_finite_number
+from ..utils.validation import check_config_value, is_finite_number
 from .keypoint_names import CENTRE, LEFT, RIGHT, infer_flip_map, keypoint_sides, normalized_name
 
 __all__ = [
@@ -277,12 +277,13 @@ def read_keypoint_set(value, key):
     :data:`KEYPOINT_SETS` or a JSON file of those arguments) stands for."""
     if value in KEYPOINT_SETS:
         return KEYPOINT_SETS[value]
-    if not value.endswith(".json"):
-        raise ValueError(
-            f"{key}={value!r} is invalid: expected 'from_file' (the default: the keypoints of "
-            f"the file's categories), one of {sorted(KEYPOINT_SETS)} or a .json file with the "
-            f"keys {list(_KEYPOINT_SET_FIELDS)}"
-        )
+    check_config_value(
+        key,
+        value,
+        value.endswith(".json"),
+        "'from_file' (the default: the keypoints of the file's categories), one of "
+        f"{sorted(KEYPOINT_SETS)} or a .json file with the keys {list(_KEYPOINT_SET_FIELDS)}",
+    )
     try:
         with open(value) as f:
             keypoint_set = json.load(f)
